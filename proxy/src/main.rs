@@ -1,1 +1,147 @@
-fn main(){}
+//! The `flowtap` command: parse and validate the configuration, then run what was asked.
+
+use anyhow::Context;
+use clap::Parser;
+use flowtap::config::{default_ca_dir, CaCommand, Cli, Command, ProxyArgs, ProxyConfig};
+use flowtap::http::Shared;
+use flowtap::metrics::Metrics;
+use flowtap::output::{self, WriterSettings, QUEUE_CAPTURE_BYTES, QUEUE_RECORDS};
+use flowtap::record::capture::CaptureMode;
+use flowtap::redact::{Redactor, RedactorConfig};
+use flowtap::tls::ca::{system_bundle_path, CertificateAuthority};
+use flowtap::tls::leaf::LeafCache;
+use flowtap::upstream::UpstreamTls;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Leaf certificates kept in memory: one per intercepted host name.
+const LEAF_CACHE_HOSTS: usize = 10_000;
+/// Time the writer gets to write what is queued when the proxy stops.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Exit code for a bad command line or configuration (EX_USAGE).
+const EXIT_USAGE: i32 = 64;
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Proxy(args) => run_proxy(*args),
+        Command::Ca(CaCommand::Export(a)) => ca_export(a),
+        Command::Ca(CaCommand::Init(a)) => CertificateAuthority::init(&a.dir)
+            .map(|_| eprintln!("created a new CA in {}", a.dir.display()))
+            .map_err(anyhow::Error::from),
+    };
+    if let Err(e) = result {
+        eprintln!("flowtap: {e:#}");
+        let usage = e.downcast_ref::<flowtap::config::ConfigError>().is_some();
+        std::process::exit(if usage { EXIT_USAGE } else { 1 });
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+fn ca_export(a: flowtap::config::CaExportArgs) -> anyhow::Result<()> {
+    let dir = a.ca_dir.unwrap_or_else(default_ca_dir);
+    let ca = CertificateAuthority::load_or_create(&dir)?;
+    let mut out = Vec::new();
+    if a.bundle {
+        let path = a
+            .system_bundle
+            .or_else(system_bundle_path)
+            .context("no system CA bundle found; name one with --system-bundle")?;
+        let system = std::fs::read(&path)
+            .with_context(|| format!("--system-bundle {}: cannot read", path.display()))?;
+        out.extend_from_slice(&system);
+        if !system.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+    }
+    out.extend_from_slice(ca.cert_pem().as_bytes());
+    std::io::stdout().write_all(&out)?;
+    Ok(())
+}
+
+fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let config = ProxyConfig::from_args(args)?;
+    let metrics = Arc::new(Metrics::default());
+    let ca = Arc::new(CertificateAuthority::load_or_create(&config.ca_dir)?);
+    let upstream_tls = UpstreamTls::new(&config.upstream_ca, config.insecure_upstream)
+        .map_err(anyhow::Error::msg)?;
+    let queue = match config.capture {
+        CaptureMode::None => QUEUE_RECORDS,
+        _ => (QUEUE_CAPTURE_BYTES / (2 * config.body_limit.max(1))).clamp(64, QUEUE_RECORDS),
+    };
+    let settings = WriterSettings {
+        redactor: Redactor::new(&RedactorConfig::default()),
+        verbose: config.verbose,
+        stdout_line_limit: config.stdout_line_limit,
+    };
+    let writer = output::start(&config.outputs, settings, queue, metrics.clone())
+        .map_err(anyhow::Error::msg)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("flowtap-worker")
+        .build()
+        .context("cannot start the async runtime")?;
+    let emitter = writer.emitter.clone();
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("--listen {}: cannot bind", config.listen))?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let grace = config.grace;
+        tracing::info!(
+            addr = %listener.local_addr().unwrap_or(config.listen),
+            ca = %config.ca_dir.join("ca.pem").display(),
+            mode = "regular",
+            "listening"
+        );
+        let shared = Arc::new(Shared {
+            config,
+            upstream_tls,
+            leaves: LeafCache::new(ca.clone(), LEAF_CACHE_HOSTS),
+            ca_pem: ca.cert_pem().to_string(),
+            emitter,
+            metrics,
+            shutdown: stop_rx.clone(),
+            tracker: Arc::new(flowtap::listener::Tracker::default()),
+        });
+        let server = tokio::spawn(flowtap::listener::run(listener, shared, stop_rx, grace));
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections");
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+        anyhow::Ok(())
+    })?;
+    writer.finish(FINAL_FLUSH_TIMEOUT);
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

@@ -88,6 +88,37 @@ mod tests {
     }
 
     #[test]
+    fn encode_line_omits_absent_facts() {
+        use crate::{Request, Tls};
+        let flow = Flow {
+            schema_version: crate::SCHEMA_VERSION,
+            kind: "http".into(),
+            id: "i".into(),
+            start: "s".into(),
+            tls: Some(Tls::default()),
+            request: Some(Request {
+                method: "GET".into(),
+                url: "http://a/".into(),
+                ..Request::default()
+            }),
+            ..Flow::default()
+        };
+        let mut out = Vec::new();
+        encode_line(&flow, &mut out);
+        let line = String::from_utf8(out).expect("UTF-8");
+        assert_eq!(
+            line,
+            concat!(
+                r#"{"schema_version":1,"kind":"http","id":"i","start":"s","tls":{},"#,
+                r#""request":{"method":"GET","url":"http://a/","headers":{}}}"#,
+                "\n"
+            )
+        );
+        assert!(!line.contains("null") && !line.contains(r#""""#));
+        assert_eq!(line.matches('\n').count(), 1);
+    }
+
+    #[test]
     fn set_cookie_joins_with_newline() {
         assert_eq!(join_separator("Set-Cookie"), "\n");
         assert_eq!(join_separator("accept"), ", ");

@@ -1,0 +1,253 @@
+//! Command line and environment -> a validated [`ProxyConfig`], checked whole before anything binds.
+
+use crate::output::OutputSpec;
+use crate::record::capture::{parse_size, CaptureMode};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use regex::Regex;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where clients reach the proxy when nothing else is said: every interface, the port mitmproxy
+/// users already know.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Records on stdout stay under this size by default: container runtimes split longer log lines
+/// (Docker and containerd at 16 KiB), which would break `kubectl logs | jq`.
+pub const DEFAULT_STDOUT_LINE_LIMIT: &str = "16KiB";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flowtap",
+    version,
+    about = "See what an application says over HTTP(S): an intercepting proxy that writes one record per exchange"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy.
+    Proxy(Box<ProxyArgs>),
+    /// Manage the certificate authority that signs the intercepted hosts' certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Print the CA certificate (PEM), or with --bundle the system bundle followed by it.
+    Export(CaExportArgs),
+    /// Create a new CA in DIR without starting a proxy.
+    Init(CaInitArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CaExportArgs {
+    /// Directory holding ca.pem and ca-key.pem (created with a new CA when empty).
+    #[arg(long, env = "FLOWTAP_CA_DIR", value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// Print the system CA bundle first, then the flowtap CA: the file an application mounts to
+    /// trust both.
+    #[arg(long, env = "FLOWTAP_BUNDLE")]
+    pub bundle: bool,
+    /// The system bundle to start from (default: the first of the usual Debian, RHEL, Alpine,
+    /// openSUSE paths that exists).
+    #[arg(long, env = "FLOWTAP_SYSTEM_BUNDLE", value_name = "PATH")]
+    pub system_bundle: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CaInitArgs {
+    /// Directory to create the CA in; it must not hold one already.
+    #[arg(long, env = "FLOWTAP_CA_DIR", value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CaptureArg {
+    None,
+    Text,
+    All,
+}
+
+#[derive(Args, Debug)]
+pub struct ProxyArgs {
+    /// Address to listen on.
+    #[arg(long, env = "FLOWTAP_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Directory holding ca.pem and ca-key.pem; a CA is created there on first start.
+    /// Default: ~/.flowtap
+    #[arg(long, env = "FLOWTAP_CA_DIR", value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// Where records go (repeatable): jsonl (stdout), jsonl:PATH, text (stdout), text:PATH.
+    #[arg(
+        long = "output",
+        env = "FLOWTAP_OUTPUT",
+        value_delimiter = ',',
+        default_value = "jsonl",
+        value_name = "SPEC"
+    )]
+    pub outputs: Vec<String>,
+    /// Extra PEM bundle of CAs trusted for upstream servers, added to the system roots (repeatable).
+    #[arg(
+        long,
+        env = "FLOWTAP_UPSTREAM_CA",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    pub upstream_ca: Vec<PathBuf>,
+    /// Do not verify upstream certificates (shown as tls.upstream_verified=false in every record).
+    #[arg(long, env = "FLOWTAP_INSECURE_UPSTREAM")]
+    pub insecure_upstream: bool,
+    /// Hosts matching this regex are not intercepted: their bytes are relayed untouched and a
+    /// tunnel record is written (repeatable).
+    #[arg(
+        long,
+        env = "FLOWTAP_IGNORE_HOSTS",
+        value_delimiter = ',',
+        value_name = "REGEX"
+    )]
+    pub ignore_hosts: Vec<String>,
+    /// Which bodies to capture into records: none, text (textual bodies only) or all (binary as base64).
+    #[arg(
+        long,
+        env = "FLOWTAP_CAPTURE_BODIES",
+        value_enum,
+        default_value = "none"
+    )]
+    pub capture_bodies: CaptureArg,
+    /// Bytes of each body kept in a record (e.g. 64KiB, 1MiB).
+    #[arg(
+        long,
+        env = "FLOWTAP_BODY_LIMIT",
+        default_value = "64KiB",
+        value_name = "SIZE"
+    )]
+    pub body_limit: String,
+    /// Longest record line written to stdout; captured bodies are cut to fit and marked truncated.
+    #[arg(long, env = "FLOWTAP_STDOUT_LINE_LIMIT", default_value = DEFAULT_STDOUT_LINE_LIMIT, value_name = "SIZE")]
+    pub stdout_line_limit: String,
+    /// Seconds in-flight exchanges get to finish after SIGTERM/SIGINT.
+    #[arg(
+        long,
+        env = "FLOWTAP_GRACE",
+        default_value = "5",
+        value_name = "SECONDS"
+    )]
+    pub grace: f64,
+    /// Seconds allowed to connect to an upstream, and again for its response headers.
+    #[arg(
+        long,
+        env = "FLOWTAP_UPSTREAM_TIMEOUT",
+        default_value = "30",
+        value_name = "SECONDS"
+    )]
+    pub upstream_timeout: f64,
+    /// Text output shows headers too.
+    #[arg(short, long, env = "FLOWTAP_VERBOSE")]
+    pub verbose: bool,
+}
+
+/// The validated configuration of `flowtap proxy`.
+#[derive(Debug)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub ca_dir: PathBuf,
+    pub outputs: Vec<OutputSpec>,
+    pub upstream_ca: Vec<PathBuf>,
+    pub insecure_upstream: bool,
+    pub ignore_hosts: Vec<Regex>,
+    pub capture: CaptureMode,
+    pub body_limit: usize,
+    pub stdout_line_limit: usize,
+    pub grace: Duration,
+    pub upstream_timeout: Duration,
+    pub verbose: bool,
+}
+
+/// A configuration problem, naming the flag it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {flag}: {message}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+fn bad(flag: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        message: message.into(),
+    }
+}
+
+fn seconds(flag: &'static str, v: f64) -> Result<Duration, ConfigError> {
+    if !v.is_finite() || v < 0.0 || v > 86_400.0 {
+        return Err(bad(
+            flag,
+            format!("{v} is not a number of seconds between 0 and 86400"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// `~/.flowtap`, or `./.flowtap` when there is no home directory.
+pub fn default_ca_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".flowtap")
+}
+
+impl ProxyConfig {
+    pub fn from_args(a: ProxyArgs) -> Result<Self, ConfigError> {
+        let outputs = a
+            .outputs
+            .iter()
+            .map(|s| OutputSpec::parse(s).map_err(|m| bad("--output", m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ignore_hosts = a
+            .ignore_hosts
+            .iter()
+            .map(|r| Regex::new(r).map_err(|e| bad("--ignore-hosts", format!("{r:?}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        for f in &a.upstream_ca {
+            if !f.is_file() {
+                return Err(bad(
+                    "--upstream-ca",
+                    format!("{} is not a readable file", f.display()),
+                ));
+            }
+        }
+        let body_limit = parse_size(&a.body_limit).map_err(|m| bad("--body-limit", m))?;
+        let stdout_line_limit =
+            parse_size(&a.stdout_line_limit).map_err(|m| bad("--stdout-line-limit", m))?;
+        if stdout_line_limit < 1024 {
+            return Err(bad("--stdout-line-limit", "must be at least 1KiB"));
+        }
+        Ok(ProxyConfig {
+            listen: a.listen,
+            ca_dir: a.ca_dir.unwrap_or_else(default_ca_dir),
+            outputs,
+            upstream_ca: a.upstream_ca,
+            insecure_upstream: a.insecure_upstream,
+            ignore_hosts,
+            capture: match a.capture_bodies {
+                CaptureArg::None => CaptureMode::None,
+                CaptureArg::Text => CaptureMode::Text,
+                CaptureArg::All => CaptureMode::All,
+            },
+            body_limit,
+            stdout_line_limit,
+            grace: seconds("--grace", a.grace)?,
+            upstream_timeout: seconds("--upstream-timeout", a.upstream_timeout)?,
+            verbose: a.verbose,
+        })
+    }
+
+    /// Whether `host` (a name or IP literal, without port) is excluded from interception.
+    pub fn is_ignored(&self, host: &str) -> bool {
+        self.ignore_hosts.iter().any(|r| r.is_match(host))
+    }
+}

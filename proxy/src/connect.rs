@@ -1,0 +1,187 @@
+//! CONNECT host:port: answer 200, then look at the first bytes the client sends through the
+//! tunnel and decide: intercept TLS, serve plain HTTP, or relay bytes.
+
+use crate::conn::detect::{classify, Protocol};
+use crate::conn::prefixed::Prefixed;
+use crate::conn::{serve_http, HttpProtocol};
+use crate::http::{plain, Response, Route, Scheme, Session};
+use crate::record::{Record, ServerFacts, TlsFacts, TunnelRecord};
+use crate::upstream::Target;
+use bytes::{Bytes, BytesMut};
+use flowtap_schema::ErrorKind;
+use http::StatusCode;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::AsyncReadExt;
+
+/// How long to wait for the client's first bytes inside a tunnel. Clients of server-first
+/// protocols (SMTP, SSH) send nothing until the server speaks: after this they are relayed.
+const PEEK_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Bytes read to decide the protocol; a ClientHello usually arrives whole in the first read.
+const PEEK_BYTES: usize = 4096;
+
+/// Parses a CONNECT target: `host:port`, `[v6]:port`; the port is required.
+pub fn parse_target(authority: &str) -> Result<(String, u16), String> {
+    let a: http::uri::Authority = authority
+        .parse()
+        .map_err(|_| format!("invalid CONNECT target {authority:?}"))?;
+    let port = a
+        .port_u16()
+        .ok_or_else(|| format!("CONNECT target {authority:?} has no port"))?;
+    if port == 0 {
+        return Err(format!("CONNECT target {authority:?} has port 0"));
+    }
+    let host = a.host();
+    if host.is_empty() || a.as_str().contains('@') {
+        return Err(format!("invalid CONNECT target {authority:?}"));
+    }
+    Ok((host.to_string(), port))
+}
+
+pub async fn handle(session: Arc<Session>, req: hyper::Request<Incoming>) -> Response {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_default();
+    let (host, port) = match parse_target(&authority) {
+        Ok(t) => t,
+        Err(msg) => {
+            record_tunnel_error(&session, &authority, 0, ErrorKind::Protocol, &msg, None);
+            return plain(StatusCode::BAD_REQUEST, format!("flowtap: {msg}\n"));
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(req);
+    let guard = session.shared.tracker.guard();
+    tokio::spawn(async move {
+        let _guard = guard;
+        match on_upgrade.await {
+            Ok(upgraded) => tunnel(session, TokioIo::new(upgraded), host, port).await,
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    hyper::Response::new(http_body_util::Either::Right(
+        http_body_util::Full::default(),
+    ))
+}
+
+/// Writes a tunnel record for a CONNECT that failed before any byte was relayed.
+pub fn record_tunnel_error(
+    session: &Session,
+    host: &str,
+    port: u16,
+    kind: ErrorKind,
+    message: &str,
+    tls: Option<Arc<TlsFacts>>,
+) {
+    let now = Instant::now();
+    session
+        .shared
+        .emitter
+        .send(Record::Tunnel(Box::new(TunnelRecord {
+            conn: session.conn.clone(),
+            tls,
+            start: SystemTime::now(),
+            started: now,
+            end: now,
+            server: ServerFacts {
+                host: host.to_string(),
+                port,
+                ip: None,
+            },
+            bytes_up: 0,
+            bytes_down: 0,
+            upgrade: None,
+            error: Some((kind, message.to_string())),
+        })));
+}
+
+async fn tunnel<IO>(session: Arc<Session>, mut io: IO, host: String, port: u16)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut buf = BytesMut::with_capacity(PEEK_BYTES);
+    let deadline = tokio::time::Instant::now() + PEEK_TIMEOUT;
+    let protocol = loop {
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Err(_) => break Protocol::Opaque,
+            Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return, // closed without a byte
+            Ok(Ok(0)) | Ok(Err(_)) => break classify(&buf).unwrap_or(Protocol::Opaque),
+            Ok(Ok(_)) => {
+                if let Some(p) = classify(&buf) {
+                    break p;
+                }
+                if buf.len() >= PEEK_BYTES {
+                    break Protocol::Opaque;
+                }
+            }
+        }
+    };
+    let io = Prefixed::new(Bytes::from(buf), io);
+    let shared = session.shared.clone();
+    let conn = session.conn.clone();
+    let ignored = shared.config.is_ignored(&host);
+    match (protocol, ignored) {
+        (Protocol::Tls, false) => crate::tls::intercept(shared, conn, io, host, port).await,
+        (Protocol::Http1 | Protocol::H2Prior, false) => {
+            let route = Route::Fixed {
+                target: Target {
+                    host: host.clone(),
+                    port,
+                    tls: false,
+                    sni: None,
+                },
+                scheme: Scheme::Http,
+                authority: authority_string(&host, port, 80),
+                failed: None,
+            };
+            let s = Session::new(shared, conn, None, route);
+            let proto = if protocol == Protocol::H2Prior {
+                HttpProtocol::H2
+            } else {
+                HttpProtocol::H1
+            };
+            serve_http(s, io, proto).await;
+        }
+        (p, _) => {
+            let tls = (p == Protocol::Tls).then(|| {
+                Arc::new(TlsFacts {
+                    intercepted: false,
+                    ..Default::default()
+                })
+            });
+            crate::tunnel::relay(shared, conn, io, host, port, tls).await
+        }
+    }
+}
+
+/// `host` or `host:port` when the port is not the scheme's default.
+pub fn authority_string(host: &str, port: u16, default: u16) -> String {
+    if port == default {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            parse_target("example.com:443").unwrap(),
+            ("example.com".into(), 443)
+        );
+        assert_eq!(parse_target("[::1]:8443").unwrap(), ("[::1]".into(), 8443));
+        assert!(parse_target("example.com").is_err());
+        assert!(parse_target("example.com:0").is_err());
+        assert!(parse_target("example.com:99999").is_err());
+        assert!(parse_target("user@example.com:443").is_err());
+        assert!(parse_target("").is_err());
+        assert!(parse_target("a b:1").is_err());
+    }
+}

@@ -1,0 +1,443 @@
+//! One exchange: resolve the target, record the request, send it upstream, tap the response.
+
+use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::{admin, plain, Response, Route, Scheme, Session};
+use crate::record::capture::Capture;
+use crate::record::tap::{RequestTap, ResponseTap};
+use crate::record::{
+    BodyFacts, Exchange, Record, RequestBodySlot, RequestHead, ResponseHead, ServerFacts,
+    TunnelRecord,
+};
+use crate::upstream::{self, ConnectError, Connection, Sender, Target, ALPN_H1, ALPN_H2};
+use flowtap_schema::ErrorKind;
+use http::uri::{Authority, PathAndQuery, Uri};
+use http::{HeaderValue, Method, StatusCode, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Entry point of the per-connection service.
+pub async fn handle(
+    session: Arc<Session>,
+    req: hyper::Request<Incoming>,
+) -> Result<Response, Infallible> {
+    if req.method() == Method::CONNECT {
+        if matches!(session.route, Route::Forward) {
+            return Ok(crate::connect::handle(session, req).await);
+        }
+        return Ok(plain(
+            StatusCode::BAD_REQUEST,
+            "flowtap: CONNECT inside a tunnel is not supported\n",
+        ));
+    }
+    let (target, url, authority) = match resolve(&session, &req) {
+        Ok(t) => t,
+        Err(r) => return Ok(r),
+    };
+    Ok(forward(session, req, target, url, authority).await)
+}
+
+fn default_port(scheme: Scheme) -> u16 {
+    match scheme {
+        Scheme::Http => 80,
+        Scheme::Https => 443,
+    }
+}
+
+/// Splits an authority into host (brackets kept for IPv6) and port.
+fn host_port(a: &Authority, scheme: Scheme) -> (String, u16) {
+    (
+        a.host().to_string(),
+        a.port_u16().unwrap_or_else(|| default_port(scheme)),
+    )
+}
+
+/// Finds where a request goes and the URL the record shows, or answers it directly.
+fn resolve(
+    session: &Session,
+    req: &hyper::Request<Incoming>,
+) -> Result<(Target, String, Authority), Response> {
+    let uri = req.uri();
+    let pq = uri
+        .path_and_query()
+        .map(PathAndQuery::as_str)
+        .unwrap_or("/");
+    match &session.route {
+        Route::Forward => {
+            let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+                if let Some(page) = admin::page(&session.shared, uri.path()) {
+                    return Err(page);
+                }
+                return Err(plain(
+                    StatusCode::BAD_REQUEST,
+                    "flowtap is a proxy: send absolute-form requests (GET http://host/path) or \
+                     CONNECT host:port; its own pages are /healthz, /metrics and /ca.pem\n",
+                ));
+            };
+            let scheme = match scheme {
+                "http" => Scheme::Http,
+                "https" => Scheme::Https,
+                other => {
+                    return Err(plain(
+                        StatusCode::BAD_REQUEST,
+                        format!("flowtap: unsupported scheme {other:?}\n"),
+                    ))
+                }
+            };
+            let (host, port) = host_port(authority, scheme);
+            let target = Target {
+                host,
+                port,
+                tls: scheme == Scheme::Https,
+                sni: None,
+            };
+            Ok((
+                target,
+                format!("{}://{}{}", scheme.as_str(), authority, pq),
+                authority.clone(),
+            ))
+        }
+        Route::Fixed {
+            target,
+            scheme,
+            authority,
+            ..
+        } => {
+            // The connection goes where the tunnel points; the Host header only names the URL.
+            let named = uri
+                .authority()
+                .cloned()
+                .or_else(|| {
+                    req.headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                })
+                .or_else(|| Authority::try_from(authority.as_str()).ok());
+            let Some(named) = named else {
+                return Err(plain(StatusCode::BAD_REQUEST, "flowtap: no authority\n"));
+            };
+            let shown = match named.port_u16() {
+                Some(p) if p == default_port(*scheme) => named.host().to_string(),
+                _ => named.as_str().to_string(),
+            };
+            Ok((
+                target.clone(),
+                format!("{}://{}{}", scheme.as_str(), shown, pq),
+                named,
+            ))
+        }
+    }
+}
+
+impl Session {
+    /// A connection to `target`: from this session's pool, or newly opened.
+    async fn checkout(&self, target: &Target, client_h2: bool) -> Result<Connection, ConnectError> {
+        if let Route::Fixed {
+            failed: Some(e), ..
+        } = &self.route
+        {
+            return Err(e.clone());
+        }
+        if let Some(c) = self.take_pooled(target) {
+            return Ok(c);
+        }
+        let alpn: Vec<Vec<u8>> = if client_h2 {
+            vec![ALPN_H2.to_vec(), ALPN_H1.to_vec()]
+        } else {
+            vec![ALPN_H1.to_vec()]
+        };
+        let mut c = upstream::connect(
+            &self.shared.upstream_tls,
+            target,
+            &alpn,
+            self.shared.config.upstream_timeout,
+        )
+        .await?;
+        let timings = c.timings.take();
+        if let Some(shared) = c.share() {
+            if let Ok(mut p) = self.pool.lock() {
+                p.insert(target.clone(), shared);
+            }
+        }
+        c.timings = timings;
+        Ok(c)
+    }
+
+    fn take_pooled(&self, target: &Target) -> Option<Connection> {
+        let mut p = self.pool.lock().ok()?;
+        let c = p.get_mut(target)?;
+        if c.sender.is_closed() {
+            p.remove(target);
+            return None;
+        }
+        match c.share() {
+            Some(shared) => Some(shared),
+            None => p.remove(target),
+        }
+    }
+
+    /// Puts an HTTP/1.1 connection back once its response head is in (HTTP/2 ones never left).
+    fn checkin(&self, target: Target, c: Connection) {
+        if matches!(c.sender, Sender::H1(_)) && !c.sender.is_closed() {
+            if let Ok(mut p) = self.pool.lock() {
+                p.insert(target, c);
+            }
+        }
+    }
+}
+
+/// Forwards one request and returns the response that goes back to the client.
+async fn forward(
+    session: Arc<Session>,
+    req: hyper::Request<Incoming>,
+    target: Target,
+    url: String,
+    authority: Authority,
+) -> Response {
+    let shared = &session.shared;
+    let start = SystemTime::now();
+    let started = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let upgrade = is_upgrade(&parts.headers);
+    let client_upgrade = if upgrade {
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
+    let client_version = parts.version;
+
+    let slot = Arc::new(RequestBodySlot::default());
+    let capture = || Capture::new(shared.config.capture, shared.config.body_limit);
+    let mut x = Box::new(Exchange {
+        conn: session.conn.clone(),
+        tls: session.tls.clone(),
+        start,
+        started,
+        server: ServerFacts {
+            host: target.host.clone(),
+            port: target.port,
+            ip: None,
+        },
+        request: RequestHead {
+            method: parts.method.clone(),
+            url,
+            version: client_version,
+            headers: parts.headers.clone(),
+        },
+        request_body: Some(slot.clone()),
+        response: None,
+        response_body: None,
+        connect: None,
+        upstream_ready: None,
+        response_at: None,
+        end: None,
+        error: None,
+    });
+    let body = RequestTap::new(body, BodyFacts::new(capture()), slot.clone());
+
+    let mut conn = match session
+        .checkout(&target, client_version == Version::HTTP_2)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return fail(&session, x, e.kind, e.message),
+    };
+    x.server.ip = Some(conn.ip);
+    x.connect = conn.timings.take();
+    x.upstream_ready = Some(Instant::now());
+
+    // Rewrite the request for the upstream's protocol.
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    let h2 = matches!(conn.sender, Sender::H2(_));
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if h2 {
+        parts.version = Version::HTTP_2;
+        parts.headers.remove(http::header::HOST);
+        let scheme = if target.tls { "https" } else { "http" };
+        parts.uri = Uri::builder()
+            .scheme(scheme)
+            .authority(authority.clone())
+            .path_and_query(pq)
+            .build()
+            .unwrap_or_default();
+    } else {
+        parts.version = Version::HTTP_11;
+        if !parts.headers.contains_key(http::header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(http::header::HOST, v);
+            }
+        }
+        parts.uri = Uri::from(pq);
+    }
+    let out = hyper::Request::from_parts(parts, body);
+
+    let timeout = shared.config.upstream_timeout;
+    let sent = match &mut conn.sender {
+        Sender::H1(s) => {
+            let send = async {
+                s.ready().await?;
+                s.send_request(out).await
+            };
+            tokio::time::timeout(timeout, send).await
+        }
+        Sender::H2(s) => tokio::time::timeout(timeout, s.send_request(out)).await,
+    };
+    let mut resp = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let (kind, msg) = classify_send_error(&slot, &e);
+            return fail(&session, x, kind, msg);
+        }
+        Err(_) => {
+            return fail(
+                &session,
+                x,
+                ErrorKind::UpstreamTimeout,
+                format!(
+                    "no response from {}:{} within {timeout:?}",
+                    target.host, target.port
+                ),
+            )
+        }
+    };
+    x.response_at = Some(Instant::now());
+    x.response = Some(ResponseHead {
+        status: resp.status(),
+        version: resp.version(),
+        headers: resp.headers().clone(),
+    });
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            return switch_protocols(&session, x, resp, client_upgrade, upstream_upgrade);
+        }
+    }
+    if !upgrade {
+        session.checkin(target, conn);
+    }
+
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers, false);
+    rparts.version = client_version;
+    x.response_body = Some(BodyFacts::new(capture()));
+    let tap = ResponseTap::new(rbody, x, shared.emitter.clone());
+    hyper::Response::from_parts(rparts, Either::Left(tap))
+}
+
+fn classify_send_error(slot: &RequestBodySlot, e: &hyper::Error) -> (ErrorKind, String) {
+    let client_err = slot
+        .facts
+        .lock()
+        .ok()
+        .and_then(|f| f.as_ref().and_then(|f| f.error.clone()));
+    if let Some(m) = client_err {
+        return (ErrorKind::ClientClosed, m);
+    }
+    let kind = if e.is_timeout() {
+        ErrorKind::UpstreamTimeout
+    } else if e.is_parse() || e.is_parse_status() {
+        ErrorKind::Protocol
+    } else {
+        ErrorKind::UpstreamClosed
+    };
+    let mut msg = format!("upstream: {e}");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    (kind, msg)
+}
+
+/// Records a failed exchange and answers the client with a 502 that says why.
+fn fail(session: &Session, mut x: Box<Exchange>, kind: ErrorKind, message: String) -> Response {
+    tracing::debug!(kind = kind.as_str(), %message, url = %x.request.url, "exchange failed");
+    let body = format!("flowtap: {} ({})\n", message, kind.as_str());
+    x.fail(kind, message);
+    x.end = Some(Instant::now());
+    session
+        .shared
+        .metrics
+        .exchanges_failed
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    session.shared.emitter.send(Record::Http(x));
+    let status = if kind == ErrorKind::ClientClosed {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    plain(status, body)
+}
+
+/// 101: the exchange's record is written now; the relay after it gets a tunnel record.
+fn switch_protocols(
+    session: &Arc<Session>,
+    mut x: Box<Exchange>,
+    resp: hyper::Response<Incoming>,
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+) -> Response {
+    let now = Instant::now();
+    x.end = Some(now);
+    x.response_body = Some(BodyFacts::new(Capture::new(
+        crate::record::capture::CaptureMode::None,
+        0,
+    )));
+    let protocol = resp
+        .headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.to_ascii_lowercase());
+    let conn = x.conn.clone();
+    let tls = x.tls.clone();
+    let server = x.server.clone();
+    session.shared.emitter.send(Record::Http(x));
+
+    let emitter = session.shared.emitter.clone();
+    let guard = session.shared.tracker.guard();
+    tokio::spawn(async move {
+        let _guard = guard;
+        let start = SystemTime::now();
+        let started = Instant::now();
+        let (pumped, error) = match tokio::try_join!(client, upstream) {
+            Ok((c, u)) => {
+                let p = crate::tunnel::pump(
+                    hyper_util::rt::TokioIo::new(c),
+                    hyper_util::rt::TokioIo::new(u),
+                )
+                .await;
+                let e = p.error.clone();
+                (Some(p), e)
+            }
+            Err(e) => (
+                None,
+                Some((ErrorKind::Protocol, format!("upgrade failed: {e}"))),
+            ),
+        };
+        emitter.send(Record::Tunnel(Box::new(TunnelRecord {
+            conn,
+            tls,
+            start,
+            started,
+            end: Instant::now(),
+            server,
+            bytes_up: pumped.as_ref().map_or(0, |p| p.up),
+            bytes_down: pumped.as_ref().map_or(0, |p| p.down),
+            upgrade: protocol,
+            error,
+        })));
+    });
+
+    let (mut parts, _) = resp.into_parts();
+    parts.headers.remove(http::header::TRANSFER_ENCODING);
+    hyper::Response::from_parts(parts, Either::Right(http_body_util::Full::default()))
+}

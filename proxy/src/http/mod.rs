@@ -1,0 +1,117 @@
+//! The per-connection HTTP service: every request a client sends through the proxy arrives here.
+//!
+//! A [`Session`] knows how to find the upstream for a request ([`Route`]): in explicit-proxy mode
+//! each absolute-form request names its own target; inside a CONNECT tunnel every request goes to
+//! the tunnel's target. [`forward`] does the rest: record, send, tap the response.
+
+pub mod admin;
+pub mod forward;
+pub mod headers;
+
+use crate::config::ProxyConfig;
+use crate::metrics::Metrics;
+use crate::output::Emitter;
+use crate::record::{ConnInfo, TlsFacts};
+use crate::tls::leaf::LeafCache;
+use crate::upstream::{ConnectError, Connection, Target, UpstreamTls};
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// Everything the connections of one proxy share.
+pub struct Shared {
+    pub config: ProxyConfig,
+    pub upstream_tls: UpstreamTls,
+    pub leaves: LeafCache,
+    pub ca_pem: String,
+    pub emitter: Emitter,
+    pub metrics: Arc<Metrics>,
+    /// Flips to true when the proxy starts to shut down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Traffic-carrying tasks still running, for the graceful drain.
+    pub tracker: Arc<crate::listener::Tracker>,
+}
+
+/// The body of every response the proxy sends to a client.
+pub type RespBody = Either<crate::record::tap::ResponseTap<Incoming>, Full<Bytes>>;
+pub type Response = hyper::Response<RespBody>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Where the requests of a session go.
+pub enum Route {
+    /// Explicit proxy: absolute-form requests name their target, CONNECT opens a tunnel,
+    /// origin-form requests are for the proxy itself.
+    Forward,
+    /// Every request goes to `target` (inside a CONNECT tunnel).
+    Fixed {
+        target: Target,
+        scheme: Scheme,
+        /// `host[:port]` used in the record's URL when the request names no authority.
+        authority: String,
+        /// The connection could not be opened: every request is answered with this error.
+        failed: Option<ConnectError>,
+    },
+}
+
+/// One client connection's view of the proxy.
+pub struct Session {
+    pub shared: Arc<Shared>,
+    pub conn: Arc<ConnInfo>,
+    pub tls: Option<Arc<TlsFacts>>,
+    pub route: Route,
+    /// Upstream connections this client connection opened, by target. HTTP/1.1 ones are taken
+    /// out while a request is in flight; HTTP/2 ones stay and are shared.
+    pool: Mutex<HashMap<Target, Connection>>,
+}
+
+impl Session {
+    pub fn new(
+        shared: Arc<Shared>,
+        conn: Arc<ConnInfo>,
+        tls: Option<Arc<TlsFacts>>,
+        route: Route,
+    ) -> Arc<Self> {
+        Arc::new(Session {
+            shared,
+            conn,
+            tls,
+            route,
+            pool: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Seeds the pool with a connection opened before the first request (TLS interception).
+    pub fn adopt(&self, target: Target, c: Connection) {
+        if let Ok(mut p) = self.pool.lock() {
+            p.insert(target, c);
+        }
+    }
+}
+
+/// Plain-text response from the proxy itself (errors, its own pages).
+pub fn plain(status: hyper::StatusCode, text: impl Into<Bytes>) -> Response {
+    let mut r = hyper::Response::new(Either::Right(Full::new(text.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

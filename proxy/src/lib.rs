@@ -1,0 +1,32 @@
+//! flowtap: a TLS-intercepting HTTP(S) proxy whose product is one structured record per exchange.
+//!
+//! The path of one connection, and the module that handles each step:
+//!
+//! ```text
+//! listener   accept, count, spawn; graceful drain on SIGTERM
+//! conn       one client connection: its facts (id, address) and the HTTP/1 server on the socket
+//! http       the per-connection service: CONNECT, absolute-form forwarding, the proxy's own pages
+//! connect    CONNECT: reply 200, peek the first bytes, then intercept TLS, serve HTTP, or relay
+//! tls        ClientHello -> upstream handshake with the same ALPN -> leaf for the SNI -> finish
+//! upstream   DNS, TCP, TLS to the origin; hyper h1/h2 client connections and their pools
+//! tunnel     opaque byte relay with counters (ignored hosts, non-HTTP protocols, upgrades)
+//! record     taps on both bodies and the exchange facts, finished exactly once
+//! output     bounded queue -> writer thread -> JSON lines / text outputs
+//! ```
+//!
+//! Recording never holds up traffic: the hot path only clones header maps and counts bytes; the
+//! record is built, redacted and encoded on the writer thread, behind a bounded queue that drops
+//! (and counts) records rather than slowing an exchange.
+
+pub mod config;
+pub mod conn;
+pub mod connect;
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod output;
+pub mod record;
+pub mod redact;
+pub mod tls;
+pub mod tunnel;
+pub mod upstream;

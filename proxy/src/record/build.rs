@@ -1,0 +1,268 @@
+//! Record facts -> [`Flow`], on the writer thread: header rendering, redaction, body decoding.
+
+use super::{BodyFacts, Exchange, Record, TlsFacts, TunnelRecord};
+use crate::redact::Redactor;
+use flowtap_schema::json::{escape_bytes, join_separator};
+use flowtap_schema::{self as schema, Flow, Header, SCHEMA_VERSION};
+use http::{HeaderMap, Version};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+pub fn to_flow(record: Record, redactor: &Redactor) -> Flow {
+    match record {
+        Record::Http(x) => http_flow(*x, redactor),
+        Record::Tunnel(t) => tunnel_flow(*t),
+    }
+}
+
+pub fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Milliseconds with microsecond precision.
+pub fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+fn since(later: Instant, earlier: Instant) -> f64 {
+    ms(later.saturating_duration_since(earlier))
+}
+
+/// RFC 3339, UTC, microseconds: `2024-08-12T09:23:28.535123Z`.
+pub fn rfc3339_micros(t: SystemTime) -> String {
+    let dt = time::OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        dt.year(),
+        u8::from(dt.month()),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        dt.microsecond()
+    )
+}
+
+/// A UUIDv7 whose time part is the record's start, so ids sort by start time.
+fn record_id(start: SystemTime) -> String {
+    let d = start
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, d.as_secs(), d.subsec_nanos());
+    uuid::Uuid::new_v7(ts).to_string()
+}
+
+/// Renders a header map as the record's list: one entry per name, repeated fields joined.
+pub fn render_headers(map: &HeaderMap) -> Vec<Header> {
+    let mut out = Vec::with_capacity(map.keys_len());
+    for name in map.keys() {
+        let mut values = map.get_all(name).iter();
+        let Some(first) = values.next() else { continue };
+        let mut value = escape_bytes(first.as_bytes());
+        for v in values {
+            value.push_str(join_separator(name.as_str()));
+            value.push_str(&escape_bytes(v.as_bytes()));
+        }
+        out.push(Header {
+            name: name.as_str().to_string(),
+            value,
+        });
+    }
+    out
+}
+
+fn header_str<'a>(map: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    map.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn endpoint(addr: SocketAddr) -> schema::Endpoint {
+    schema::Endpoint {
+        ip: addr.ip().to_canonical().to_string(),
+        port: addr.port() as u32,
+    }
+}
+
+fn tls_section(t: &TlsFacts) -> schema::Tls {
+    schema::Tls {
+        intercepted: Some(t.intercepted),
+        sni: t.sni.clone().unwrap_or_default(),
+        alpn: t.alpn.clone().unwrap_or_default(),
+        client_version: t.client_version.unwrap_or_default().to_string(),
+        server_version: t.server_version.unwrap_or_default().to_string(),
+        upstream_verified: t.upstream_verified,
+        client_alpn: t.client_alpn.clone(),
+    }
+}
+
+fn error_section(e: Option<(schema::ErrorKind, String)>) -> Option<schema::Error> {
+    e.map(|(kind, message)| schema::Error::new(kind, message))
+}
+
+fn http_flow(x: Exchange, redactor: &Redactor) -> Flow {
+    let end = x.end.unwrap_or_else(Instant::now);
+    let mut redacted = Vec::new();
+
+    let req_facts: Option<BodyFacts> = x
+        .request_body
+        .as_ref()
+        .and_then(|slot| slot.facts.lock().ok().and_then(|mut f| f.take()));
+    let req_bytes = x
+        .request_body
+        .as_ref()
+        .map(|s| s.bytes.load(std::sync::atomic::Ordering::Relaxed));
+    let req_end = req_facts.as_ref().and_then(|f| f.end);
+
+    let mut req_headers = render_headers(&x.request.headers);
+    redactor.headers(&mut req_headers, "request.headers", &mut redacted);
+    let url = match redactor.url(&x.request.url, &mut redacted) {
+        Some(u) => u,
+        None => x.request.url,
+    };
+    let mut request = schema::Request {
+        method: x.request.method.as_str().to_string(),
+        url,
+        http_version: version_str(x.request.version).to_string(),
+        headers: req_headers,
+        body_size: req_facts
+            .as_ref()
+            .map(|f| f.capture.size())
+            .or(req_bytes)
+            .or(Some(0)),
+        body: req_facts.as_ref().and_then(|f| {
+            f.capture.finish(
+                header_str(&x.request.headers, "content-type"),
+                header_str(&x.request.headers, "content-encoding"),
+            )
+        }),
+        trailers: Vec::new(),
+    };
+    if let Some(t) = req_facts.as_ref().and_then(|f| f.trailers.as_ref()) {
+        request.trailers = render_headers(t);
+        redactor.headers(&mut request.trailers, "request.trailers", &mut redacted);
+    }
+
+    let response = x.response.as_ref().map(|head| {
+        let mut headers = render_headers(&head.headers);
+        redactor.headers(&mut headers, "response.headers", &mut redacted);
+        let body = x.response_body.as_ref();
+        let mut r = schema::Response {
+            status: head.status.as_u16() as u32,
+            // HTTP/2 has no reason phrase; HTTP/1 responses get the standard one for the status.
+            reason: if head.version < Version::HTTP_2 {
+                head.status
+                    .canonical_reason()
+                    .unwrap_or_default()
+                    .to_string()
+            } else {
+                String::new()
+            },
+            http_version: version_str(head.version).to_string(),
+            headers,
+            body_size: Some(body.map(|b| b.capture.size()).unwrap_or(0)),
+            body: body.and_then(|b| {
+                b.capture.finish(
+                    header_str(&head.headers, "content-type"),
+                    header_str(&head.headers, "content-encoding"),
+                )
+            }),
+            trailers: Vec::new(),
+        };
+        if let Some(t) = body.and_then(|b| b.trailers.as_ref()) {
+            r.trailers = render_headers(t);
+            redactor.headers(&mut r.trailers, "response.trailers", &mut redacted);
+        }
+        r
+    });
+
+    let mut timings = schema::Timings::default();
+    if let Some(c) = x.connect {
+        timings.dns_ms = c.dns.map(ms);
+        timings.connect_ms = Some(ms(c.connect));
+        timings.tls_ms = c.tls.map(ms);
+    }
+    if let Some(ready) = x.upstream_ready {
+        let sent = req_end.map(|e| e.max(ready)).unwrap_or(ready);
+        timings.send_ms = Some(since(sent, ready));
+        if let Some(head) = x.response_at {
+            timings.wait_ms = Some(since(head, sent.min(head)));
+            timings.receive_ms = Some(since(end, head));
+        }
+    }
+
+    Flow {
+        schema_version: SCHEMA_VERSION,
+        kind: "http".into(),
+        id: record_id(x.start),
+        start: rfc3339_micros(x.start),
+        duration_ms: Some(since(end, x.started)),
+        connection_id: format!("c-{}", x.conn.id),
+        client: Some(endpoint(x.conn.client)),
+        server: Some(schema::Server {
+            host: x.server.host,
+            port: x.server.port as u32,
+            ip: x.server.ip.map(|i| i.to_string()).unwrap_or_default(),
+        }),
+        tls: x.tls.as_deref().map(tls_section),
+        request: Some(request),
+        response,
+        error: error_section(x.error),
+        timings: (timings != schema::Timings::default()).then_some(timings),
+        redacted,
+        mode: x.conn.mode.as_str().into(),
+        ..Default::default()
+    }
+}
+
+fn tunnel_flow(t: TunnelRecord) -> Flow {
+    Flow {
+        schema_version: SCHEMA_VERSION,
+        kind: "tunnel".into(),
+        id: record_id(t.start),
+        start: rfc3339_micros(t.start),
+        duration_ms: Some(since(t.end, t.started)),
+        connection_id: format!("c-{}", t.conn.id),
+        client: Some(endpoint(t.conn.client)),
+        server: Some(schema::Server {
+            host: t.server.host,
+            port: t.server.port as u32,
+            ip: t.server.ip.map(|i| i.to_string()).unwrap_or_default(),
+        }),
+        tls: t.tls.as_deref().map(tls_section),
+        error: error_section(t.error),
+        mode: t.conn.mode.as_str().into(),
+        bytes_up: Some(t.bytes_up),
+        bytes_down: Some(t.bytes_down),
+        upgrade: t.upgrade.unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_has_micros_and_z() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_micros(1_723_454_608_535_123);
+        assert_eq!(rfc3339_micros(t), "2024-08-12T09:23:28.535123Z");
+    }
+
+    #[test]
+    fn repeated_headers_join() {
+        let mut m = HeaderMap::new();
+        m.append("accept", "a".parse().unwrap());
+        m.append("accept", "b".parse().unwrap());
+        m.append("set-cookie", "x=1".parse().unwrap());
+        m.append("set-cookie", "y=2".parse().unwrap());
+        let h = render_headers(&m);
+        assert_eq!(h[0], Header::new("accept", "a, b"));
+        assert_eq!(h[1], Header::new("set-cookie", "x=1\ny=2"));
+    }
+}

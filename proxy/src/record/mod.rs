@@ -1,0 +1,169 @@
+//! The facts of one exchange, gathered on the hot path as cheaply as possible (header maps are
+//! cloned, not rendered; bodies are counted and, when asked, captured up to a limit), then turned
+//! into a [`flowtap_schema::Flow`] on the writer thread by [`build`].
+
+pub mod build;
+pub mod capture;
+pub mod tap;
+
+use capture::Capture;
+use flowtap_schema::ErrorKind;
+use http::{HeaderMap, Method, StatusCode, Version};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How the client reached the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Regular,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Regular => "regular",
+        }
+    }
+}
+
+/// Facts of one client connection, shared by every exchange on it.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub id: u64,
+    pub client: SocketAddr,
+    pub mode: Mode,
+}
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+impl ConnInfo {
+    pub fn new(client: SocketAddr, mode: Mode) -> Arc<Self> {
+        Arc::new(ConnInfo {
+            id: NEXT_CONN_ID.fetch_add(1, Relaxed),
+            client,
+            mode,
+        })
+    }
+}
+
+/// TLS facts of an intercepted (or relayed) connection.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFacts {
+    pub intercepted: bool,
+    pub sni: Option<String>,
+    pub client_alpn: Vec<String>,
+    pub alpn: Option<String>,
+    pub client_version: Option<&'static str>,
+    pub server_version: Option<&'static str>,
+    pub upstream_verified: Option<bool>,
+}
+
+/// The server as the client named it, and the address actually used.
+#[derive(Debug, Clone)]
+pub struct ServerFacts {
+    pub host: String,
+    pub port: u16,
+    pub ip: Option<IpAddr>,
+}
+
+/// Time spent opening an upstream connection; only the exchange that opened it carries these.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectTimings {
+    pub dns: Option<Duration>,
+    pub connect: Duration,
+    pub tls: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: Method,
+    pub url: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// What a body tap saw.
+#[derive(Debug)]
+pub struct BodyFacts {
+    pub capture: Capture,
+    pub trailers: Option<HeaderMap>,
+    pub end: Option<Instant>,
+    pub error: Option<String>,
+}
+
+impl BodyFacts {
+    pub fn new(capture: Capture) -> Self {
+        BodyFacts {
+            capture,
+            trailers: None,
+            end: None,
+            error: None,
+        }
+    }
+}
+
+/// The request body's tap hands its facts over through this slot; `bytes` is readable while the
+/// body is still streaming (a server may answer before it has read the whole upload).
+#[derive(Debug, Default)]
+pub struct RequestBodySlot {
+    pub bytes: AtomicU64,
+    pub facts: Mutex<Option<BodyFacts>>,
+}
+
+/// One request/response exchange.
+#[derive(Debug)]
+pub struct Exchange {
+    pub conn: Arc<ConnInfo>,
+    pub tls: Option<Arc<TlsFacts>>,
+    pub start: SystemTime,
+    pub started: Instant,
+    pub server: ServerFacts,
+    pub request: RequestHead,
+    pub request_body: Option<Arc<RequestBodySlot>>,
+    pub response: Option<ResponseHead>,
+    pub response_body: Option<BodyFacts>,
+    pub connect: Option<ConnectTimings>,
+    pub upstream_ready: Option<Instant>,
+    pub response_at: Option<Instant>,
+    pub end: Option<Instant>,
+    pub error: Option<(ErrorKind, String)>,
+}
+
+impl Exchange {
+    pub fn fail(&mut self, kind: ErrorKind, message: impl Into<String>) {
+        if self.error.is_none() {
+            self.error = Some((kind, message.into()));
+        }
+    }
+}
+
+/// Bytes relayed without interception (ignored hosts, non-HTTP protocols, upgraded connections).
+#[derive(Debug)]
+pub struct TunnelRecord {
+    pub conn: Arc<ConnInfo>,
+    pub tls: Option<Arc<TlsFacts>>,
+    pub start: SystemTime,
+    pub started: Instant,
+    pub end: Instant,
+    pub server: ServerFacts,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub upgrade: Option<String>,
+    pub error: Option<(ErrorKind, String)>,
+}
+
+/// What travels from the traffic path to the writer.
+#[derive(Debug)]
+pub enum Record {
+    Http(Box<Exchange>),
+    Tunnel(Box<TunnelRecord>),
+}

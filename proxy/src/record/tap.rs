@@ -1,0 +1,196 @@
+//! Body taps: wrap a body, pass every frame through untouched, and note what went by.
+//!
+//! [`RequestTap`] hands its facts to the exchange through a shared slot. [`ResponseTap`] owns the
+//! exchange and finishes its record exactly once: at the end of the body, on an error, or when the
+//! body is dropped early (the client went away).
+
+use super::{BodyFacts, Exchange, Record, RequestBodySlot};
+use crate::output::Emitter;
+use bytes::Bytes;
+use flowtap_schema::ErrorKind;
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+pub struct RequestTap<B> {
+    inner: B,
+    facts: Option<BodyFacts>,
+    slot: Arc<RequestBodySlot>,
+}
+
+impl<B> RequestTap<B> {
+    pub fn new(inner: B, facts: BodyFacts, slot: Arc<RequestBodySlot>) -> Self {
+        RequestTap {
+            inner,
+            facts: Some(facts),
+            slot,
+        }
+    }
+
+    fn hand_over(&mut self, error: Option<String>) {
+        if let Some(mut f) = self.facts.take() {
+            f.end = Some(Instant::now());
+            f.error = error;
+            if let Ok(mut s) = self.slot.facts.lock() {
+                *s = Some(f);
+            }
+        }
+    }
+}
+
+impl<B> Body for RequestTap<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let r = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &r {
+            Some(Ok(frame)) => {
+                if let Some(f) = this.facts.as_mut() {
+                    if let Some(data) = frame.data_ref() {
+                        f.capture.push(data);
+                        this.slot.bytes.fetch_add(data.len() as u64, Relaxed);
+                    } else if let Some(t) = frame.trailers_ref() {
+                        f.trailers = Some(t.clone());
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.hand_over(None);
+                }
+            }
+            Some(Err(e)) => {
+                let msg = format!("client request body: {e}");
+                this.hand_over(Some(msg));
+            }
+            None => this.hand_over(None),
+        }
+        Poll::Ready(r)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for RequestTap<B> {
+    fn drop(&mut self) {
+        self.hand_over(None);
+    }
+}
+
+pub struct ResponseTap<B> {
+    inner: B,
+    exchange: Option<Box<Exchange>>,
+    emitter: Emitter,
+    /// Set when the inner body reported its end through `is_end_stream`: hyper then drops the
+    /// body without polling it again, and that drop is a normal end, not a client abort.
+    ended: AtomicBool,
+}
+
+impl<B> ResponseTap<B> {
+    /// `exchange.response_body` must be set (it holds the capture).
+    pub fn new(inner: B, exchange: Box<Exchange>, emitter: Emitter) -> Self {
+        ResponseTap {
+            inner,
+            exchange: Some(exchange),
+            emitter,
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    fn finish(&mut self, error: Option<(ErrorKind, String)>) {
+        if let Some(mut x) = self.exchange.take() {
+            let now = Instant::now();
+            x.end = Some(now);
+            if let Some(b) = x.response_body.as_mut() {
+                b.end = Some(now);
+            }
+            if let Some((k, m)) = error {
+                x.fail(k, m);
+            }
+            self.emitter.send(Record::Http(x));
+        }
+    }
+}
+
+impl<B> Body for ResponseTap<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let r = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &r {
+            Some(Ok(frame)) => {
+                if let Some(b) = this
+                    .exchange
+                    .as_mut()
+                    .and_then(|x| x.response_body.as_mut())
+                {
+                    if let Some(data) = frame.data_ref() {
+                        b.capture.push(data);
+                    } else if let Some(t) = frame.trailers_ref() {
+                        b.trailers = Some(t.clone());
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(None);
+                }
+            }
+            Some(Err(e)) => {
+                let msg = format!("upstream response body: {e}");
+                this.finish(Some((ErrorKind::UpstreamClosed, msg)));
+            }
+            None => this.finish(None),
+        }
+        Poll::Ready(r)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.ended.store(true, Relaxed);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for ResponseTap<B> {
+    fn drop(&mut self) {
+        if self.exchange.is_some() {
+            let err = (!self.ended.load(Relaxed)).then(|| {
+                (
+                    ErrorKind::ClientClosed,
+                    "client closed the connection before the response body ended".to_string(),
+                )
+            });
+            self.finish(err);
+        }
+    }
+}

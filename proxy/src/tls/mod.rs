@@ -1,0 +1,172 @@
+//! TLS interception: read the ClientHello, open the upstream offering the same ALPN protocols,
+//! then finish the client's handshake with a leaf for its SNI and the protocol upstream chose.
+
+pub mod ca;
+pub mod leaf;
+
+use crate::conn::{serve_http, HttpProtocol};
+use crate::connect::{authority_string, record_tunnel_error};
+use crate::http::{Route, Scheme, Session, Shared};
+use crate::record::{ConnInfo, TlsFacts};
+use crate::upstream::{self, Target, ALPN_H1, ALPN_H2};
+use flowtap_schema::ErrorKind;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::LazyConfigAcceptor;
+
+/// Time a client gets to send its ClientHello and to finish the handshake.
+const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn version_name(v: Option<rustls::ProtocolVersion>) -> Option<&'static str> {
+    match v? {
+        rustls::ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
+        rustls::ProtocolVersion::TLSv1_2 => Some("TLSv1.2"),
+        _ => Some("TLS"),
+    }
+}
+
+pub async fn intercept<IO>(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    io: IO,
+    host: String,
+    port: u16,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // A session only to write records for failures before there is an HTTP session.
+    let early = Session::new(shared.clone(), conn.clone(), None, Route::Forward);
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let start = match tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, acceptor).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let msg = format!("not a valid TLS ClientHello: {e}");
+            record_tunnel_error(&early, &host, port, ErrorKind::Protocol, &msg, None);
+            return;
+        }
+        Err(_) => {
+            let msg = "no complete TLS ClientHello within the timeout".to_string();
+            record_tunnel_error(&early, &host, port, ErrorKind::Limit, &msg, None);
+            return;
+        }
+    };
+    let (sni, offered) = {
+        let hello = start.client_hello();
+        let offered: Vec<Vec<u8>> = hello
+            .alpn()
+            .map(|it| it.map(<[u8]>::to_vec).collect())
+            .unwrap_or_default();
+        (hello.server_name().map(str::to_string), offered)
+    };
+    // Offer upstream only what flowtap can speak, in the client's order.
+    let upstream_offer: Vec<Vec<u8>> = offered
+        .iter()
+        .filter(|p| p.as_slice() == ALPN_H2 || p.as_slice() == ALPN_H1)
+        .cloned()
+        .collect();
+
+    let target = Target {
+        host: host.clone(),
+        port,
+        tls: true,
+        sni: sni.clone(),
+    };
+    let upstream = upstream::connect(
+        &shared.upstream_tls,
+        &target,
+        &upstream_offer,
+        shared.config.upstream_timeout,
+    )
+    .await;
+    let chosen: Option<Vec<u8>> = match &upstream {
+        Ok(c) => c.alpn.clone(),
+        // No upstream: finish the handshake anyway so each request can get a 502 that says why.
+        Err(_) => upstream_offer
+            .iter()
+            .find(|p| p.as_slice() == ALPN_H1)
+            .or(upstream_offer.first())
+            .cloned(),
+    };
+
+    let leaf_host = sni.clone().unwrap_or_else(|| host.clone());
+    let config = match shared
+        .leaves
+        .server_config(&leaf_host, chosen.as_deref())
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("cannot mint a certificate for {leaf_host:?}: {e}");
+            record_tunnel_error(&early, &host, port, ErrorKind::Proxy, &msg, None);
+            return;
+        }
+    };
+    let mut facts = TlsFacts {
+        intercepted: true,
+        sni: sni.clone(),
+        client_alpn: offered
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect(),
+        alpn: chosen
+            .as_ref()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        client_version: None,
+        server_version: upstream.as_ref().ok().and_then(|c| c.tls_version),
+        upstream_verified: Some(shared.upstream_tls.verified),
+    };
+    let stream =
+        match tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let msg = format!(
+                    "TLS handshake with the client failed (does it trust the flowtap CA?): {e}"
+                );
+                record_tunnel_error(
+                    &early,
+                    &host,
+                    port,
+                    ErrorKind::ClientTls,
+                    &msg,
+                    Some(Arc::new(facts)),
+                );
+                return;
+            }
+            Err(_) => {
+                let msg = "the client did not finish the TLS handshake in time".to_string();
+                record_tunnel_error(
+                    &early,
+                    &host,
+                    port,
+                    ErrorKind::ClientTls,
+                    &msg,
+                    Some(Arc::new(facts)),
+                );
+                return;
+            }
+        };
+    facts.client_version = version_name(stream.get_ref().1.protocol_version());
+    let h2 = chosen.as_deref() == Some(ALPN_H2);
+
+    let (failed, connection) = match upstream {
+        Ok(c) => (None, Some(c)),
+        Err(e) => (Some(e), None),
+    };
+    let route = Route::Fixed {
+        target: target.clone(),
+        scheme: Scheme::Https,
+        authority: authority_string(&host, port, 443),
+        failed,
+    };
+    let session = Session::new(shared, conn, Some(Arc::new(facts)), route);
+    if let Some(c) = connection {
+        session.adopt(target, c);
+    }
+    let proto = if h2 {
+        HttpProtocol::H2
+    } else {
+        HttpProtocol::H1
+    };
+    serve_http(session, stream, proto).await;
+}

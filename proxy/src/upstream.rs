@@ -1,0 +1,380 @@
+//! Connections to origin servers: DNS, TCP, TLS (verified against the system roots plus
+//! `--upstream-ca`), then a hyper HTTP/1.1 or HTTP/2 client connection chosen by ALPN.
+
+use crate::record::tap::RequestTap;
+use crate::record::ConnectTimings;
+use flowtap_schema::ErrorKind;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// The request body type sent upstream: the client's body behind its tap.
+pub type ReqBody = RequestTap<Incoming>;
+
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_H1: &[u8] = b"http/1.1";
+
+/// Why an upstream could not be reached, as a record will say it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ConnectError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ConnectError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ConnectError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A client connection to one origin.
+pub enum Sender {
+    H1(http1::SendRequest<ReqBody>),
+    H2(http2::SendRequest<ReqBody>),
+}
+
+impl Sender {
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+}
+
+/// An established upstream connection and what was learnt opening it.
+pub struct Connection {
+    pub sender: Sender,
+    pub ip: IpAddr,
+    /// Taken by the first exchange on the connection, which is the one that paid for it.
+    pub timings: Option<ConnectTimings>,
+    pub alpn: Option<Vec<u8>>,
+    pub tls_version: Option<&'static str>,
+}
+
+impl Connection {
+    /// A second handle on a multiplexed (HTTP/2) connection, carrying this one's timings;
+    /// `None` for HTTP/1.1, which serves one exchange at a time.
+    pub fn share(&mut self) -> Option<Connection> {
+        match &self.sender {
+            Sender::H2(s) => Some(Connection {
+                sender: Sender::H2(s.clone()),
+                ip: self.ip,
+                timings: self.timings.take(),
+                alpn: self.alpn.clone(),
+                tls_version: self.tls_version,
+            }),
+            Sender::H1(_) => None,
+        }
+    }
+}
+
+/// TLS client settings shared by every upstream connection.
+pub struct UpstreamTls {
+    base: Arc<ClientConfig>,
+    by_alpn: Mutex<HashMap<Vec<Vec<u8>>, Arc<ClientConfig>>>,
+    pub verified: bool,
+}
+
+impl UpstreamTls {
+    /// System roots plus each PEM bundle in `extra`; or no verification at all when `insecure`.
+    pub fn new(extra: &[PathBuf], insecure: bool) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?;
+        let config = if insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+                .with_no_client_auth()
+        } else {
+            let mut roots = RootCertStore::empty();
+            let native = rustls_native_certs::load_native_certs();
+            for e in &native.errors {
+                tracing::warn!(error = %e, "could not read some system CA certificates");
+            }
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            tracing::debug!(added, "system CA certificates loaded");
+            for path in extra {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("--upstream-ca {}: {e}", path.display()))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("--upstream-ca {}: {e}", path.display()))?;
+                if certs.is_empty() {
+                    return Err(format!(
+                        "--upstream-ca {}: no PEM certificates in the file",
+                        path.display()
+                    ));
+                }
+                for c in certs {
+                    roots
+                        .add(c)
+                        .map_err(|e| format!("--upstream-ca {}: {e}", path.display()))?;
+                }
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        };
+        Ok(UpstreamTls {
+            base: Arc::new(config),
+            by_alpn: Mutex::new(HashMap::new()),
+            verified: !insecure,
+        })
+    }
+
+    fn config(&self, alpn: &[Vec<u8>]) -> Arc<ClientConfig> {
+        let Ok(mut map) = self.by_alpn.lock() else {
+            return self.base.clone();
+        };
+        map.entry(alpn.to_vec())
+            .or_insert_with(|| {
+                let mut c = (*self.base).clone();
+                c.alpn_protocols = alpn.to_vec();
+                Arc::new(c)
+            })
+            .clone()
+    }
+}
+
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Resolves `host` and connects to the first address that answers, within `timeout` in all.
+pub async fn connect_tcp(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr, Option<Duration>, Duration), ConnectError> {
+    let deadline = Instant::now() + timeout;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let (addrs, dns) = match bare.parse::<IpAddr>() {
+        Ok(ip) => (vec![SocketAddr::new(ip, port)], None),
+        Err(_) => {
+            let t0 = Instant::now();
+            let lookup =
+                tokio::time::timeout_at(deadline.into(), tokio::net::lookup_host((bare, port)));
+            let addrs: Vec<SocketAddr> = match lookup.await {
+                Err(_) => {
+                    return Err(ConnectError::new(
+                        ErrorKind::UpstreamTimeout,
+                        format!("resolving {bare} took longer than {timeout:?}"),
+                    ))
+                }
+                Ok(Err(e)) => {
+                    return Err(ConnectError::new(
+                        ErrorKind::UpstreamDns,
+                        format!("cannot resolve {bare}: {e}"),
+                    ))
+                }
+                Ok(Ok(a)) => a.collect(),
+            };
+            if addrs.is_empty() {
+                return Err(ConnectError::new(
+                    ErrorKind::UpstreamDns,
+                    format!("{bare} resolved to no address"),
+                ));
+            }
+            (addrs, Some(t0.elapsed()))
+        }
+    };
+    let t0 = Instant::now();
+    let mut last = None;
+    for addr in addrs {
+        match tokio::time::timeout_at(deadline.into(), TcpStream::connect(addr)).await {
+            Err(_) => {
+                return Err(ConnectError::new(
+                    ErrorKind::UpstreamTimeout,
+                    format!("connecting to {host}:{port} ({addr}) took longer than {timeout:?}"),
+                ))
+            }
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Ok((s, addr, dns, t0.elapsed()));
+            }
+            Ok(Err(e)) => last = Some((addr, e)),
+        }
+    }
+    let (addr, e) = last.expect("at least one address was tried");
+    Err(ConnectError::new(
+        ErrorKind::UpstreamConnect,
+        format!("cannot connect to {host}:{port} ({addr}): {e}"),
+    ))
+}
+
+fn tls_version(v: Option<rustls::ProtocolVersion>) -> Option<&'static str> {
+    match v? {
+        rustls::ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
+        rustls::ProtocolVersion::TLSv1_2 => Some("TLSv1.2"),
+        _ => Some("TLS"),
+    }
+}
+
+/// Where to connect and how.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// Name to send as SNI and verify the certificate against (defaults to `host`).
+    pub sni: Option<String>,
+}
+
+/// Opens a connection to `target`, offering `alpn` when it is TLS, and starts its hyper client.
+pub async fn connect(
+    tls: &UpstreamTls,
+    target: &Target,
+    alpn: &[Vec<u8>],
+    timeout: Duration,
+) -> Result<Connection, ConnectError> {
+    let (tcp, addr, dns, connect) = connect_tcp(&target.host, target.port, timeout).await?;
+    let mut timings = ConnectTimings {
+        dns,
+        connect,
+        tls: None,
+    };
+    if !target.tls {
+        let sender = handshake_h1(tcp).await?;
+        return Ok(Connection {
+            sender,
+            ip: addr.ip(),
+            timings: Some(timings),
+            alpn: None,
+            tls_version: None,
+        });
+    }
+    let name = target.sni.as_deref().unwrap_or(&target.host);
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    let server_name = ServerName::try_from(bare.to_string()).map_err(|e| {
+        ConnectError::new(
+            ErrorKind::UpstreamTls,
+            format!("invalid server name {bare:?}: {e}"),
+        )
+    })?;
+    let t0 = Instant::now();
+    let connector = TlsConnector::from(tls.config(alpn));
+    let stream = match tokio::time::timeout(timeout, connector.connect(server_name, tcp)).await {
+        Err(_) => {
+            return Err(ConnectError::new(
+                ErrorKind::UpstreamTimeout,
+                format!(
+                    "TLS handshake with {}:{} took longer than {timeout:?}",
+                    target.host, target.port
+                ),
+            ))
+        }
+        Ok(Err(e)) => {
+            return Err(ConnectError::new(
+                ErrorKind::UpstreamTls,
+                format!(
+                    "TLS handshake with {}:{} failed: {e}",
+                    target.host, target.port
+                ),
+            ))
+        }
+        Ok(Ok(s)) => s,
+    };
+    timings.tls = Some(t0.elapsed());
+    let (_, session) = stream.get_ref();
+    let negotiated = session.alpn_protocol().map(|p| p.to_vec());
+    let version = tls_version(session.protocol_version());
+    let sender = if negotiated.as_deref() == Some(ALPN_H2) {
+        handshake_h2(stream).await?
+    } else {
+        handshake_h1(stream).await?
+    };
+    Ok(Connection {
+        sender,
+        ip: addr.ip(),
+        timings: Some(timings),
+        alpn: negotiated,
+        tls_version: version,
+    })
+}
+
+async fn handshake_h1<T>(io: T) -> Result<Sender, ConnectError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| {
+            ConnectError::new(ErrorKind::UpstreamClosed, format!("HTTP/1.1 setup: {e}"))
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+        }
+    });
+    Ok(Sender::H1(sender))
+}
+
+async fn handshake_h2<T>(io: T) -> Result<Sender, ConnectError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONN_WINDOW)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ConnectError::new(ErrorKind::UpstreamClosed, format!("HTTP/2 setup: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+        }
+    });
+    Ok(Sender::H2(sender))
+}
+
+/// HTTP/2 flow-control windows: large enough that a fast download is not held to one round trip
+/// per 64 KiB, small enough that a stalled reader pins at most this much per stream.
+pub const H2_STREAM_WINDOW: u32 = 1 << 20;
+pub const H2_CONN_WINDOW: u32 = 4 << 20;
