@@ -2,6 +2,7 @@
 
 use crate::output::OutputSpec;
 use crate::record::capture::{parse_size, CaptureMode};
+use crate::redact::RedactorConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use regex::Regex;
 use std::net::SocketAddr;
@@ -33,6 +34,11 @@ pub enum Command {
     /// Manage the certificate authority that signs the intercepted hosts' certificates.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Convert records between JSON lines, protobuf and HAR.
+    Convert(crate::convert::ConvertArgs),
+    /// Attach a Kubernetes workload to the proxy, or detach it.
+    #[command(subcommand)]
+    K8s(crate::k8s::K8sCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -148,6 +154,36 @@ pub struct ProxyArgs {
     /// Text output shows headers too.
     #[arg(short, long, env = "FLOWTAP_VERBOSE")]
     pub verbose: bool,
+    /// Also redact this header's value, in fingerprint form (repeatable).
+    #[arg(
+        long,
+        env = "FLOWTAP_REDACT_HEADER",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub redact_header: Vec<String>,
+    /// Also redact this URL query parameter's value, in fingerprint form (repeatable).
+    #[arg(
+        long,
+        env = "FLOWTAP_REDACT_QUERY",
+        value_delimiter = ',',
+        value_name = "PARAM"
+    )]
+    pub redact_query: Vec<String>,
+    /// Turn redaction off for this header or query parameter, or `all` (repeatable).
+    #[arg(
+        long,
+        env = "FLOWTAP_REVEAL",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub reveal: Vec<String>,
+    #[command(flatten)]
+    pub access: crate::access::AccessArgs,
+    #[command(flatten)]
+    pub collector: crate::output::grpc::CollectorArgs,
+    #[command(flatten)]
+    pub otlp: crate::output::otlp::OtlpArgs,
 }
 
 /// The validated configuration of `flowtap proxy`.
@@ -165,6 +201,10 @@ pub struct ProxyConfig {
     pub grace: Duration,
     pub upstream_timeout: Duration,
     pub verbose: bool,
+    pub redact: RedactorConfig,
+    pub access: crate::access::Access,
+    pub collector: crate::output::grpc::CollectorArgs,
+    pub otlp: crate::output::otlp::OtlpArgs,
 }
 
 /// A configuration problem, naming the flag it came from.
@@ -175,7 +215,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn bad(flag: &'static str, message: impl Into<String>) -> ConfigError {
+pub fn bad(flag: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         flag,
         message: message.into(),
@@ -243,6 +283,19 @@ impl ProxyConfig {
             grace: seconds("--grace", a.grace)?,
             upstream_timeout: seconds("--upstream-timeout", a.upstream_timeout)?,
             verbose: a.verbose,
+            redact: RedactorConfig {
+                extra_headers: a.redact_header,
+                extra_query: a.redact_query,
+                reveal_all: a.reveal.iter().any(|r| r.eq_ignore_ascii_case("all")),
+                reveal: a
+                    .reveal
+                    .into_iter()
+                    .filter(|r| !r.eq_ignore_ascii_case("all"))
+                    .collect(),
+            },
+            access: crate::access::Access::from_args(a.access)?,
+            collector: a.collector,
+            otlp: a.otlp,
         })
     }
 

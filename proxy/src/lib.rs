@@ -18,10 +18,13 @@
 //! record is built, redacted and encoded on the writer thread, behind a bounded queue that drops
 //! (and counts) records rather than slowing an exchange.
 
+pub mod access;
 pub mod config;
 pub mod conn;
 pub mod connect;
+pub mod convert;
 pub mod http;
+pub mod k8s;
 pub mod listener;
 pub mod metrics;
 pub mod output;

@@ -1,7 +1,10 @@
 //! Bind, accept, spawn one task per connection, and drain on shutdown.
 
+use crate::access::Refusal;
 use crate::conn::serve_client;
 use crate::http::Shared;
+use crate::record::{ConnInfo, ConnectionRecord, Mode, Record};
+use flowtap_schema::ErrorKind;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +13,9 @@ use tokio::sync::{watch, Notify};
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Time allowed to tell a refused client why, before the socket is dropped.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Counts the tasks that carry traffic (connections, and the tunnels they hand off to), so
 /// shutdown can wait for them.
@@ -63,6 +69,10 @@ pub async fn run(
             _ = crate::conn::stopping(&mut stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
+                    if let Err(why) = shared.config.access.admit(addr.ip()) {
+                        refuse(&shared, stream, addr, why);
+                        continue;
+                    }
                     let shared = shared.clone();
                     shared.metrics.connections_total.fetch_add(1, Relaxed);
                     shared.metrics.connections_active.fetch_add(1, Relaxed);
@@ -95,4 +105,43 @@ pub async fn run(
             "grace period over; closing the remaining connections"
         );
     }
+}
+
+/// Answers a client that may not use the proxy with a 403 and writes a record of it.
+fn refuse(
+    shared: &Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+    why: Refusal,
+) {
+    let reason = match why {
+        Refusal::PublicAddress => {
+            "public client addresses are refused (start the proxy with --allow-public-clients to accept them)"
+        }
+        Refusal::NotInAllowedRanges => "the client address is outside --allow-clients",
+    };
+    let message = format!("client {} refused: {reason}", addr.ip());
+    tracing::warn!(client = %addr, "{message}");
+    let conn = ConnInfo::new(addr, Mode::Regular);
+    shared
+        .emitter
+        .send(Record::Connection(Box::new(ConnectionRecord {
+            conn,
+            start: std::time::SystemTime::now(),
+            error: (ErrorKind::Refused, message.clone()),
+        })));
+    let body = format!("flowtap: {message}\n");
+    let reply = format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = stream;
+        let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    });
 }

@@ -7,7 +7,7 @@ use flowtap::http::Shared;
 use flowtap::metrics::Metrics;
 use flowtap::output::{self, WriterSettings, QUEUE_CAPTURE_BYTES, QUEUE_RECORDS};
 use flowtap::record::capture::CaptureMode;
-use flowtap::redact::{Redactor, RedactorConfig};
+use flowtap::redact::Redactor;
 use flowtap::tls::ca::{system_bundle_path, CertificateAuthority};
 use flowtap::tls::leaf::LeafCache;
 use flowtap::upstream::UpstreamTls;
@@ -31,6 +31,8 @@ fn main() {
         Command::Ca(CaCommand::Init(a)) => CertificateAuthority::init(&a.dir)
             .map(|_| eprintln!("created a new CA in {}", a.dir.display()))
             .map_err(anyhow::Error::from),
+        Command::Convert(a) => flowtap::convert::run(a),
+        Command::K8s(c) => flowtap::k8s::run(c),
     };
     if let Err(e) = result {
         eprintln!("flowtap: {e:#}");
@@ -73,6 +75,13 @@ fn ca_export(a: flowtap::config::CaExportArgs) -> anyhow::Result<()> {
 
 fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let config = ProxyConfig::from_args(args)?;
+    if config.redact.reveal_all || !config.redact.reveal.is_empty() {
+        tracing::warn!(
+            reveal = ?config.redact.reveal,
+            all = config.redact.reveal_all,
+            "redaction is turned off for some secrets: records will contain them"
+        );
+    }
     let metrics = Arc::new(Metrics::default());
     let ca = Arc::new(CertificateAuthority::load_or_create(&config.ca_dir)?);
     let upstream_tls = UpstreamTls::new(&config.upstream_ca, config.insecure_upstream)
@@ -82,9 +91,11 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         _ => (QUEUE_CAPTURE_BYTES / (2 * config.body_limit.max(1))).clamp(64, QUEUE_RECORDS),
     };
     let settings = WriterSettings {
-        redactor: Redactor::new(&RedactorConfig::default()),
+        redactor: Redactor::new(&config.redact),
         verbose: config.verbose,
         stdout_line_limit: config.stdout_line_limit,
+        collector: config.collector.clone(),
+        otlp: config.otlp.clone(),
     };
     let writer = output::start(&config.outputs, settings, queue, metrics.clone())
         .map_err(anyhow::Error::msg)?;

@@ -24,6 +24,16 @@ pub async fn handle(
     session: Arc<Session>,
     req: hyper::Request<Incoming>,
 ) -> Result<Response, Infallible> {
+    if matches!(session.route, Route::Forward) && !is_open_page(&req) {
+        let access = &session.shared.config.access;
+        let header = req
+            .headers()
+            .get(http::header::PROXY_AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if !access.authorized(header) {
+            return Ok(proxy_auth_required(&session, &req));
+        }
+    }
     if req.method() == Method::CONNECT {
         if matches!(session.route, Route::Forward) {
             return Ok(crate::connect::handle(session, req).await);
@@ -38,6 +48,49 @@ pub async fn handle(
         Err(r) => return Ok(r),
     };
     Ok(forward(session, req, target, url, authority).await)
+}
+
+/// Pages of the proxy itself that need no credentials (probes, the CA to trust).
+fn is_open_page(req: &hyper::Request<Incoming>) -> bool {
+    req.uri().scheme().is_none()
+        && req.method() != Method::CONNECT
+        && matches!(req.uri().path(), "/healthz" | "/ca.pem")
+}
+
+/// 407 with a challenge; the attempt is recorded (without the credentials it carried).
+fn proxy_auth_required(session: &Session, req: &hyper::Request<Incoming>) -> Response {
+    let given = req
+        .headers()
+        .contains_key(http::header::PROXY_AUTHORIZATION);
+    let message = if given {
+        "proxy authentication failed: wrong credentials"
+    } else {
+        "proxy authentication required: send Proxy-Authorization: Basic"
+    };
+    session.shared.emitter.send(Record::Connection(Box::new(
+        crate::record::ConnectionRecord {
+            conn: session.conn.clone(),
+            start: SystemTime::now(),
+            // The authority only: a URL's query may carry secrets, and this record is not redacted.
+            error: (
+                ErrorKind::Refused,
+                format!(
+                    "{} {}: {message}",
+                    req.method(),
+                    req.uri().authority().map(|a| a.as_str()).unwrap_or("/")
+                ),
+            ),
+        },
+    )));
+    let mut r = plain(
+        StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+        format!("flowtap: {message}\n"),
+    );
+    r.headers_mut().insert(
+        http::header::PROXY_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"flowtap\""),
+    );
+    r
 }
 
 fn default_port(scheme: Scheme) -> u16 {

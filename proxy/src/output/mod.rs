@@ -4,6 +4,9 @@
 //! The traffic path only ever calls [`Emitter::send`], which never blocks: when the queue is full
 //! the record is dropped and counted (`flowtap_records_dropped_total`, and a warning on stderr).
 
+pub mod grpc;
+pub mod har;
+pub mod otlp;
 pub mod text;
 
 use crate::metrics::Metrics;
@@ -39,43 +42,82 @@ pub enum Target {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// JSON lines, the v1 encoding.
     Jsonl,
+    /// The human view.
     Text,
+    /// Length-delimited protobuf records.
+    Pb,
+    /// A HAR 1.2 file.
+    Har,
+    /// OpenTelemetry spans over OTLP.
+    Otlp,
+    /// A stream to flowtap-collector (`grpc://` plain, `grpcs://` TLS).
+    Grpc { tls: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputSpec {
     pub format: Format,
     pub target: Target,
+    /// The spec as given, for messages.
+    pub raw: String,
+    /// `HOST:PORT` of `grpc://HOST:PORT`, or the endpoint of `otlp:URL`.
+    pub address: Option<String>,
 }
 
+const SPEC_HELP: &str = "expected jsonl, jsonl:PATH, text, text:PATH, pb:PATH, har:PATH, otlp, \
+                         otlp:URL, grpc://HOST:PORT or grpcs://HOST:PORT";
+
 impl OutputSpec {
-    /// `jsonl`, `jsonl:PATH`, `text`, `text:PATH`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (name, path) = match s.split_once(':') {
+        let mut spec = OutputSpec {
+            format: Format::Jsonl,
+            target: Target::Stdout,
+            raw: s.to_string(),
+            address: None,
+        };
+        for (scheme, tls) in [("grpc://", false), ("grpcs://", true)] {
+            if let Some(addr) = s.strip_prefix(scheme) {
+                if addr.is_empty() || !addr.contains(':') {
+                    return Err(format!("{s:?}: expected {scheme}HOST:PORT"));
+                }
+                spec.format = Format::Grpc { tls };
+                spec.address = Some(addr.trim_end_matches('/').to_string());
+                return Ok(spec);
+            }
+        }
+        let (name, rest) = match s.split_once(':') {
             Some((n, p)) => (n, Some(p)),
             None => (s, None),
         };
-        let format = match name {
+        spec.format = match name {
             "jsonl" => Format::Jsonl,
             "text" => Format::Text,
-            _ => {
-                return Err(format!(
-                    "{s:?}: expected jsonl, jsonl:PATH, text or text:PATH"
-                ))
+            "pb" => Format::Pb,
+            "har" => Format::Har,
+            "otlp" => {
+                spec.format = Format::Otlp;
+                spec.address = rest.filter(|r| !r.is_empty()).map(str::to_string);
+                return Ok(spec);
             }
+            _ => return Err(format!("{s:?}: {SPEC_HELP}")),
         };
-        let target = match path {
+        spec.target = match rest {
             None | Some("-") => Target::Stdout,
             Some("") => return Err(format!("{s:?}: the path after ':' is empty")),
             Some(p) => Target::File(PathBuf::from(p)),
         };
-        Ok(OutputSpec { format, target })
+        if matches!(spec.format, Format::Pb | Format::Har) && spec.target == Target::Stdout {
+            return Err(format!("{s:?}: {name} needs a file path ({name}:PATH)"));
+        }
+        Ok(spec)
     }
 }
 
 enum Msg {
     Record(Record),
+    /// Write everything queued before this, close the outputs, then acknowledge.
     Flush(SyncSender<()>),
 }
 
@@ -97,7 +139,8 @@ impl Emitter {
         }
     }
 
-    /// Waits until every record queued before this call is written.
+    /// Waits until every record queued before this call is written and the outputs are closed
+    /// (used once, when the proxy stops).
     pub fn flush(&self, timeout: Duration) -> bool {
         let (ack_tx, ack_rx) = sync_channel(1);
         if self.tx.send(Msg::Flush(ack_tx)).is_err() {
@@ -107,37 +150,155 @@ impl Emitter {
     }
 }
 
-struct Sink {
-    format: Format,
-    stdout: bool,
-    file: Option<File>,
-    buf: Vec<u8>,
-    label: String,
+/// One destination for records. Each gets every batch the writer builds, in order, on the
+/// writer thread; an output that talks to the network must hand off to its own task rather
+/// than block here.
+pub trait Output: Send {
+    /// Takes one batch of records.
+    fn write(&mut self, batch: &[Flow]);
+    /// Called when the proxy stops, after the last batch.
+    fn close(&mut self) {}
 }
 
-impl Sink {
-    fn write_out(&mut self) {
-        if self.buf.is_empty() {
+/// Where byte-stream outputs write: stdout, or a file opened for appending.
+pub enum Dest {
+    Stdout,
+    File(File, PathBuf),
+}
+
+impl Dest {
+    pub fn open(target: &Target) -> Result<Self, String> {
+        match target {
+            Target::Stdout => Ok(Dest::Stdout),
+            Target::File(p) => OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map(|f| Dest::File(f, p.clone()))
+                .map_err(|e| format!("--output {}: cannot open for appending: {e}", p.display())),
+        }
+    }
+
+    pub fn is_stdout(&self) -> bool {
+        matches!(self, Dest::Stdout)
+    }
+
+    /// Writes `buf` whole (one `write` for a batch) and clears it.
+    pub fn write_all(&mut self, buf: &mut Vec<u8>) {
+        if buf.is_empty() {
             return;
         }
-        let r = match self.file.as_mut() {
-            Some(f) => f.write_all(&self.buf),
-            None => {
+        let r = match self {
+            Dest::File(f, _) => f.write_all(buf),
+            Dest::Stdout => {
                 let mut out = std::io::stdout().lock();
-                out.write_all(&self.buf).and_then(|_| out.flush())
+                out.write_all(buf).and_then(|_| out.flush())
             }
         };
         if let Err(e) = r {
-            tracing::error!(output = %self.label, error = %e, "writing records failed");
+            let label = match self {
+                Dest::Stdout => "stdout".to_string(),
+                Dest::File(_, p) => p.display().to_string(),
+            };
+            tracing::error!(output = %label, error = %e, "writing records failed");
         }
-        self.buf.clear();
+        buf.clear();
     }
+}
+
+/// JSON lines (the record contract's v1 encoding).
+struct JsonLines {
+    dest: Dest,
+    buf: Vec<u8>,
+    /// Longest line allowed (stdout only), see `--stdout-line-limit`.
+    line_limit: Option<usize>,
+}
+
+impl Output for JsonLines {
+    fn write(&mut self, batch: &[Flow]) {
+        for flow in batch {
+            let at = self.buf.len();
+            json::encode_line(flow, &mut self.buf);
+            if let Some(limit) = self.line_limit {
+                if self.buf.len() - at > limit {
+                    self.buf.truncate(at);
+                    json::encode_line(&fit_line(flow, limit), &mut self.buf);
+                }
+            }
+        }
+        self.dest.write_all(&mut self.buf);
+    }
+}
+
+/// The human view, close to mitmdump's.
+struct Text {
+    dest: Dest,
+    buf: Vec<u8>,
+    verbose: bool,
+    scratch: String,
+}
+
+impl Output for Text {
+    fn write(&mut self, batch: &[Flow]) {
+        for flow in batch {
+            self.scratch.clear();
+            text::format(flow, self.verbose, &mut self.scratch);
+            self.buf.extend_from_slice(self.scratch.as_bytes());
+        }
+        self.dest.write_all(&mut self.buf);
+    }
+}
+
+/// Length-delimited protobuf: the same records as JSON lines, in `flow.proto`'s binary form.
+struct Protobuf {
+    dest: Dest,
+    buf: Vec<u8>,
+}
+
+impl Output for Protobuf {
+    fn write(&mut self, batch: &[Flow]) {
+        for flow in batch {
+            flowtap_schema::delimited::encode(flow, &mut self.buf);
+        }
+        self.dest.write_all(&mut self.buf);
+    }
+}
+
+/// Opens one output; every failure names the `--output` it came from.
+fn open_output(spec: &OutputSpec, s: &WriterSettings) -> Result<Box<dyn Output>, String> {
+    let out: Box<dyn Output> = match spec.format {
+        Format::Jsonl => {
+            let dest = Dest::open(&spec.target)?;
+            let line_limit = dest.is_stdout().then_some(s.stdout_line_limit);
+            Box::new(JsonLines {
+                dest,
+                buf: Vec::with_capacity(64 << 10),
+                line_limit,
+            })
+        }
+        Format::Text => Box::new(Text {
+            dest: Dest::open(&spec.target)?,
+            buf: Vec::with_capacity(64 << 10),
+            verbose: s.verbose,
+            scratch: String::new(),
+        }),
+        Format::Pb => Box::new(Protobuf {
+            dest: Dest::open(&spec.target)?,
+            buf: Vec::with_capacity(64 << 10),
+        }),
+        Format::Har => har::open(spec, s)?,
+        Format::Otlp => otlp::open(spec, s)?,
+        Format::Grpc { .. } => grpc::open(spec, s)?,
+    };
+    Ok(out)
 }
 
 pub struct WriterSettings {
     pub redactor: Redactor,
     pub verbose: bool,
     pub stdout_line_limit: usize,
+    pub collector: grpc::CollectorArgs,
+    pub otlp: otlp::OtlpArgs,
 }
 
 /// The writer thread and the handle to feed it.
@@ -153,29 +314,10 @@ pub fn start(
     queue: usize,
     metrics: Arc<Metrics>,
 ) -> Result<Writer, String> {
-    let mut sinks = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let (file, label) = match &spec.target {
-            Target::Stdout => (None, "stdout".to_string()),
-            Target::File(p) => {
-                let f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|e| {
-                        format!("--output {}: cannot open for appending: {e}", p.display())
-                    })?;
-                (Some(f), p.display().to_string())
-            }
-        };
-        sinks.push(Sink {
-            format: spec.format,
-            stdout: file.is_none(),
-            file,
-            buf: Vec::with_capacity(64 << 10),
-            label,
-        });
-    }
+    let sinks = specs
+        .iter()
+        .map(|spec| open_output(spec, &settings))
+        .collect::<Result<Vec<_>, _>>()?;
     let (tx, rx) = sync_channel(queue);
     let m = metrics.clone();
     let handle = std::thread::Builder::new()
@@ -200,40 +342,48 @@ impl Writer {
     }
 }
 
-fn run(rx: Receiver<Msg>, mut sinks: Vec<Sink>, s: WriterSettings, metrics: Arc<Metrics>) {
-    let mut text = String::new();
+fn run(
+    rx: Receiver<Msg>,
+    mut outputs: Vec<Box<dyn Output>>,
+    s: WriterSettings,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch: Vec<Flow> = Vec::with_capacity(BATCH_RECORDS);
     let mut last_report = Instant::now();
     let mut reported_drops = 0;
     loop {
         let first = match rx.recv_timeout(DROP_REPORT_EVERY) {
             Ok(m) => Some(m),
             Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut acks = Vec::new();
-        let mut n = 0u64;
         let mut next = first;
         while let Some(msg) = next {
             match msg {
                 Msg::Flush(ack) => acks.push(ack),
-                Msg::Record(r) => {
-                    let flow = to_flow(r, &s.redactor);
-                    for sink in sinks.iter_mut() {
-                        encode(sink, &flow, &s, &mut text);
-                    }
-                    n += 1;
-                }
+                Msg::Record(r) => batch.push(to_flow(r, &s.redactor)),
             }
-            next = if n < BATCH_RECORDS as u64 {
+            next = if batch.len() < BATCH_RECORDS {
                 rx.try_recv().ok()
             } else {
                 None
             };
         }
-        for sink in sinks.iter_mut() {
-            sink.write_out();
+        if !batch.is_empty() {
+            for out in outputs.iter_mut() {
+                out.write(&batch);
+            }
+            metrics
+                .records_written
+                .fetch_add(batch.len() as u64, Relaxed);
+            batch.clear();
         }
-        metrics.records_written.fetch_add(n, Relaxed);
+        if !acks.is_empty() {
+            for out in outputs.iter_mut() {
+                out.close();
+            }
+        }
         for ack in acks {
             let _ = ack.try_send(());
         }
@@ -250,24 +400,8 @@ fn run(rx: Receiver<Msg>, mut sinks: Vec<Sink>, s: WriterSettings, metrics: Arc<
             last_report = Instant::now();
         }
     }
-}
-
-fn encode(sink: &mut Sink, flow: &Flow, s: &WriterSettings, text: &mut String) {
-    match sink.format {
-        Format::Jsonl => {
-            let at = sink.buf.len();
-            json::encode_line(flow, &mut sink.buf);
-            if sink.stdout && sink.buf.len() - at > s.stdout_line_limit {
-                sink.buf.truncate(at);
-                let fitted = fit_line(flow, s.stdout_line_limit);
-                json::encode_line(&fitted, &mut sink.buf);
-            }
-        }
-        Format::Text => {
-            text.clear();
-            text::format(flow, s.verbose, text);
-            sink.buf.extend_from_slice(text.as_bytes());
-        }
+    for out in outputs.iter_mut() {
+        out.close();
     }
 }
 

@@ -12,6 +12,17 @@ pub fn to_flow(record: Record, redactor: &Redactor) -> Flow {
     match record {
         Record::Http(x) => http_flow(*x, redactor),
         Record::Tunnel(t) => tunnel_flow(*t),
+        Record::Connection(c) => Flow {
+            schema_version: SCHEMA_VERSION,
+            kind: "connection".into(),
+            id: record_id(c.start),
+            start: rfc3339_micros(c.start),
+            connection_id: format!("c-{}", c.conn.id),
+            client: Some(endpoint(c.conn.client)),
+            error: error_section(Some(c.error)),
+            mode: c.conn.mode.as_str().into(),
+            ..Default::default()
+        },
     }
 }
 

@@ -161,9 +161,18 @@ pub struct TunnelRecord {
     pub error: Option<(ErrorKind, String)>,
 }
 
+/// A client connection that failed before any exchange (refused, broke a limit, spoke garbage).
+#[derive(Debug)]
+pub struct ConnectionRecord {
+    pub conn: Arc<ConnInfo>,
+    pub start: SystemTime,
+    pub error: (ErrorKind, String),
+}
+
 /// What travels from the traffic path to the writer.
 #[derive(Debug)]
 pub enum Record {
     Http(Box<Exchange>),
     Tunnel(Box<TunnelRecord>),
+    Connection(Box<ConnectionRecord>),
 }
