@@ -1,0 +1,171 @@
+"""HTTPS through CONNECT with interception: HTTP/1.1 and HTTP/2 clients, IP literals, Python
+clients, the minted leaf, and ignored hosts relayed untouched."""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+
+import httpx
+import requests
+from cryptography import x509
+
+from support.clients import curl, leaf_via_proxy
+from support.nginx import JSON_BODY, SMALL_BODY
+from support.pki import issued_by, load_cert
+
+LOOPBACK_IPS = ("127.0.0.1", "::1")
+
+
+def assert_intercepted(rec, *, host, port, sni, alpn, version):
+    assert rec["kind"] == "http"
+    assert rec["server"]["host"] == host
+    assert rec["server"]["port"] == port
+    assert rec["server"]["ip"] in LOOPBACK_IPS
+    tls = rec["tls"]
+    assert tls["intercepted"] is True
+    if sni is None:
+        assert "sni" not in tls, f"the client sent no SNI, record says {tls.get('sni')!r}"
+    else:
+        assert tls["sni"] == sni
+    assert tls["alpn"] == alpn
+    assert tls["upstream_verified"] is True
+    assert tls["client_version"] == "TLSv1.3"
+    assert tls["server_version"] == "TLSv1.3"
+    assert rec["request"]["http_version"] == version
+    assert rec["response"]["http_version"] == version, "the upstream was offered the client's ALPN"
+    assert "wait_ms" in rec["timings"], rec["timings"]
+    assert "error" not in rec
+
+
+def test_https_h1_curl(proxy, nginx):
+    url = nginx.url("/small", host="localhost", tls=True)
+    r = curl("--proxy", proxy.url, "--cacert", proxy.ca_path, "--http1.1", "-w", "|%{http_version}", url).check()
+    assert r.out == SMALL_BODY + b"|1.1"
+    rec = proxy.record()
+    assert_intercepted(rec, host="localhost", port=nginx.tls_port, sni="localhost", alpn="http/1.1",
+                       version="HTTP/1.1")
+    assert rec["request"]["method"] == "GET"
+    assert rec["request"]["url"] == url
+    assert rec["request"]["headers"]["host"] == f"localhost:{nginx.tls_port}"
+    assert rec["response"]["status"] == 200
+    assert rec["response"]["reason"] == "OK"
+    assert rec["response"]["body_size"] == len(SMALL_BODY)
+    assert rec["response"]["headers"]["content-type"] == "text/plain"
+    if "client_alpn" in rec["tls"]:
+        assert rec["tls"]["client_alpn"] == ["http/1.1"]
+
+
+def test_https_h2_curl(proxy, nginx):
+    url = nginx.url("/json", host="localhost", tls=True)
+    r = curl("--proxy", proxy.url, "--cacert", proxy.ca_path, "--http2", "-w", "|%{http_version}", url).check()
+    assert r.out == JSON_BODY + b"|2"
+    rec = proxy.record()
+    assert_intercepted(rec, host="localhost", port=nginx.tls_port, sni="localhost", alpn="h2",
+                       version="HTTP/2.0")
+    assert rec["request"]["url"] == url
+    assert rec["response"]["status"] == 200
+    assert rec["response"]["body_size"] == len(JSON_BODY)
+    assert rec["response"]["headers"]["content-type"] == "application/json"
+    if "client_alpn" in rec["tls"]:
+        assert rec["tls"]["client_alpn"] == ["h2", "http/1.1"]
+
+
+def test_https_h2_httpx_one_connection(proxy, nginx):
+    ctx = ssl.create_default_context(cafile=str(proxy.ca_path))
+    base = nginx.url("", host="localhost", tls=True)
+    urls = [base + "/small", base + "/json", base + "/small?x=1&y=%20z"]
+    with httpx.Client(http2=True, proxy=proxy.url, verify=ctx, trust_env=False, timeout=10) as c:
+        for u in urls:
+            resp = c.get(u)
+            assert resp.status_code == 200
+            assert resp.http_version == "HTTP/2"
+    recs = proxy.records(3)
+    assert len(recs) == 3
+    assert sorted(r["request"]["url"] for r in recs) == sorted(urls)
+    assert len({r["id"] for r in recs}) == 3
+    assert len({r["connection_id"] for r in recs}) == 1, "one client connection carried all three"
+    for rec in recs:
+        assert_intercepted(rec, host="localhost", port=nginx.tls_port, sni="localhost", alpn="h2",
+                           version="HTTP/2.0")
+        assert rec["request"]["headers"]["user-agent"].startswith("python-httpx/")
+
+
+def test_https_ip_literal(proxy, nginx):
+    url = nginx.url("/small", host="127.0.0.1", tls=True)
+    r = curl("--proxy", proxy.url, "--cacert", proxy.ca_path, "--http1.1", url).check()
+    assert r.out == SMALL_BODY
+    rec = proxy.record()
+    assert rec["request"]["url"] == url
+    assert rec["server"] == {"host": "127.0.0.1", "port": nginx.tls_port, "ip": "127.0.0.1"}
+    assert_intercepted(rec, host="127.0.0.1", port=nginx.tls_port, sni=None, alpn="http/1.1",
+                       version="HTTP/1.1")
+    leaf = leaf_via_proxy(proxy.port, "127.0.0.1", nginx.tls_port, sni=None)
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("127.0.0.1") in sans.get_values_for_type(x509.IPAddress)
+
+
+def test_python_requests_session(proxy, nginx):
+    s = requests.Session()
+    s.trust_env = False
+    s.proxies = proxy.requests_proxies
+    s.verify = str(proxy.ca_path)
+    r = s.get(nginx.url("/json", host="localhost", tls=True), timeout=10)
+    assert r.status_code == 200 and r.json()["name"] == "flowtap"
+    payload = bytes(range(256)) * 4096          # 1 MiB
+    r = s.post(nginx.url("/upload", host="localhost", tls=True), data=payload,
+               headers={"Content-Type": "application/octet-stream"}, timeout=30)
+    assert r.status_code == 200 and r.json()["received"] == len(payload)
+    recs = proxy.records(2)
+    assert len(recs) == 2
+    get = next(r for r in recs if r["request"]["method"] == "GET")
+    post = next(r for r in recs if r["request"]["method"] == "POST")
+    assert get["connection_id"] == post["connection_id"]
+    assert post["request"]["url"] == nginx.url("/upload", host="localhost", tls=True)
+    assert post["request"]["body_size"] == len(payload)
+    assert post["request"]["headers"]["content-length"] == str(len(payload))
+    assert post["request"]["headers"]["content-type"] == "application/octet-stream"
+    assert post["response"]["status"] == 200
+    assert post["response"]["headers"]["content-type"] == "application/json"
+    assert get["response"]["body_size"] == len(JSON_BODY)
+
+
+def test_leaf_is_minted_by_the_proxy_ca(proxy, nginx):
+    leaf = leaf_via_proxy(proxy.port, "localhost", nginx.tls_port, sni="localhost")
+    ca = load_cert(proxy.ca_path)
+    assert issued_by(leaf, ca)
+    assert leaf.issuer == ca.subject
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    bc = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert bc.ca is False
+    ca_bc = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert ca_bc.ca is True
+
+
+def test_ignored_host_is_relayed_untouched(start_proxy, nginx, pki):
+    proxy = start_proxy("--ignore-hosts", r"^localhost$")
+    url = nginx.url("/small", host="localhost", tls=True)
+    # Only the server's own CA: this succeeds only if flowtap did not intercept.
+    r = curl("--proxy", proxy.url, "--cacert", pki.server_ca, "--http1.1", url).check()
+    assert r.out == SMALL_BODY
+    rec = proxy.record(where=lambda r: r["kind"] == "tunnel")
+    assert rec["tls"]["intercepted"] is False
+    assert rec["server"]["host"] == "localhost"
+    assert rec["server"]["port"] == nginx.tls_port
+    assert rec["bytes_up"] > 0
+    assert rec["bytes_down"] > len(SMALL_BODY)
+    assert "request" not in rec and "response" not in rec
+    # A host that does not match is still intercepted by the same proxy.
+    url2 = nginx.url("/small", host="127.0.0.1", tls=True)
+    curl("--proxy", proxy.url, "--cacert", proxy.ca_path, "-o", "/dev/null", url2).check()
+    rec2 = proxy.record(where=lambda r: r["kind"] == "http")
+    assert rec2["tls"]["intercepted"] is True
+    assert rec2["request"]["url"] == url2
+    assert proxy.metrics()["flowtap_leaf_certificates_minted_total"] == 1
+
+
+def test_intercepted_host_rejected_with_server_ca_only(proxy, nginx, pki):
+    """The converse of the ignored host: intercepted traffic is signed by flowtap, not the server."""
+    r = curl("--proxy", proxy.url, "--cacert", pki.server_ca, nginx.url("/small", host="localhost", tls=True))
+    assert r.rc == 60, f"expected a certificate error (60), got {r.rc}: {r.err}"

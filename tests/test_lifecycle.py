@@ -1,0 +1,188 @@
+"""Process lifecycle: graceful SIGTERM, the CA kept across restarts, one leaf minted under
+concurrency, configuration through FLOWTAP_* variables, and bad flags refused up front."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import stat
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from support.clients import curl, leaf_via_proxy
+from support.nginx import SMALL_BODY
+from support.pki import issued_by, load_cert
+from support.proxy import Proxy, clean_env, run_flowtap
+
+
+def _accepts(port: int) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        conn.request("GET", "/healthz")
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False
+
+
+def test_sigterm_lets_inflight_exchange_finish(start_proxy, pyserver):
+    proxy = start_proxy("--grace", "5")
+    url = f"{pyserver.base}/slow?head=0&body=2&size=20000&tag=sigterm"
+    client = subprocess.Popen(["curl", "-sS", "--max-time", "20", "-x", proxy.url, "-o", "/dev/null",
+                               "-w", "%{http_code}|%{size_download}", url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    pyserver.wait_for_path("/slow?head=0&body=2&size=20000&tag=sigterm")
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    proxy.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert proxy.running, "flowtap exited with an exchange in flight"
+    assert not _accepts(proxy.port), "flowtap still accepts new connections after SIGTERM"
+    out, err = client.communicate(timeout=30)
+    assert client.returncode == 0, err
+    assert out.decode() == "200|20000"
+    rc = proxy.stop(timeout=10)
+    assert rc == 0, f"exit code {rc} after SIGTERM"
+    assert time.monotonic() - t0 < 5.5, "the exchange ended well within the grace period"
+    rec = proxy.record()
+    assert rec["request"]["url"] == url
+    assert rec["response"]["status"] == 200
+    assert rec["response"]["body_size"] == 20000
+    assert "error" not in rec
+
+
+def test_sigterm_idle_exits_zero_and_flushes(proxy, nginx):
+    curl("-x", proxy.url, "-o", "/dev/null", nginx.url("/small")).check()
+    t0 = time.monotonic()
+    assert proxy.stop(timeout=10) == 0
+    assert time.monotonic() - t0 < 3, "an idle proxy should not wait for the grace period"
+    recs = proxy.read_records()
+    assert len(recs) == 1 and recs[0]["response"]["status"] == 200
+    assert [r["id"] for r in proxy.stdout_records()] == [recs[0]["id"]]
+
+
+def test_sigterm_grace_expires(start_proxy, pyserver):
+    proxy = start_proxy("--grace", "1")
+    url = f"{pyserver.base}/slow?head=0&body=8&size=8000&tag=grace"
+    client = subprocess.Popen(["curl", "-sS", "--max-time", "20", "-x", proxy.url, "-o", "/dev/null", url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    pyserver.wait_for_path("/slow?head=0&body=8&size=8000&tag=grace")
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    rc = proxy.stop(timeout=10)
+    took = time.monotonic() - t0
+    client.communicate(timeout=30)
+    assert rc == 0
+    assert took < 4, f"exit took {took:.1f}s with --grace 1"
+    assert client.returncode != 0, "the cut exchange cannot have completed"
+    rec = proxy.record()
+    assert rec["request"]["url"] == url
+    assert "error" in rec, "an exchange cut at the end of the grace period is a failure"
+
+
+def test_ca_reused_across_restarts(start_proxy, nginx, tmp_path):
+    ca_dir = tmp_path / "shared-ca"
+    first = start_proxy(name="first", ca_dir=ca_dir)
+    ca_pem = (ca_dir / "ca.pem").read_bytes()
+    key_mode = stat.S_IMODE((ca_dir / "ca-key.pem").stat().st_mode)
+    assert key_mode == 0o600, f"ca-key.pem mode {oct(key_mode)}"
+    status, _, served = first.get("/ca.pem")
+    assert status == 200 and load_cert_bytes(served) == load_cert_bytes(ca_pem)
+    leaf1 = leaf_via_proxy(first.port, "localhost", nginx.tls_port, sni="localhost")
+    assert first.stop() == 0
+
+    second = start_proxy(name="second", ca_dir=ca_dir)
+    assert (ca_dir / "ca.pem").read_bytes() == ca_pem, "ca.pem changed on restart"
+    assert stat.S_IMODE((ca_dir / "ca-key.pem").stat().st_mode) == 0o600
+    leaf2 = leaf_via_proxy(second.port, "localhost", nginx.tls_port, sni="localhost")
+    ca = load_cert(ca_dir / "ca.pem")
+    assert issued_by(leaf1, ca) and issued_by(leaf2, ca)
+    r = curl("--proxy", second.url, "--cacert", ca_dir / "ca.pem", nginx.url("/small", host="localhost", tls=True))
+    assert r.check().out == SMALL_BODY
+
+    other = start_proxy(name="other")
+    assert load_cert(other.ca_path) != ca, "a fresh --ca-dir gets its own CA"
+
+
+def load_cert_bytes(pem: bytes):
+    from cryptography import x509
+    return x509.load_pem_x509_certificate(pem)
+
+
+def test_concurrent_first_requests_mint_one_leaf(proxy, nginx):
+    url = nginx.url("/small", host="localhost", tls=True)
+    n = 20
+    before = proxy.metrics()
+    assert before.get("flowtap_leaf_certificates_minted_total", 0) == 0
+    argv = ["curl", "-sS", "--max-time", "30", "--proxy", proxy.url, "--cacert", str(proxy.ca_path), url]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+             for _ in range(n)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert out == SMALL_BODY
+    recs = proxy.records(n)
+    assert len(recs) == n
+    assert len({r["id"] for r in recs}) == n
+    assert len({r["connection_id"] for r in recs}) == n
+    assert all(r["response"]["status"] == 200 for r in recs)
+    m = proxy.metrics()
+    assert m["flowtap_leaf_certificates_minted_total"] == 1
+    assert m["flowtap_records_written_total"] >= n
+    assert m["flowtap_records_dropped_total"] == 0
+
+
+def test_many_concurrent_clients_python(proxy, nginx):
+    """Threads with their own connections, mixed plain and intercepted: every exchange recorded."""
+    import requests
+
+    def one(i):
+        s = requests.Session()
+        s.trust_env = False
+        s.proxies = proxy.requests_proxies
+        s.verify = str(proxy.ca_path)
+        url = nginx.url(f"/small?i={i}", host="localhost", tls=bool(i % 2))
+        r = s.get(url, timeout=20)
+        s.close()
+        return url, r.status_code, r.content
+
+    with ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(one, range(24)))
+    assert all(code == 200 and body == SMALL_BODY for _, code, body in results)
+    recs = proxy.records(24)
+    assert sorted(r["request"]["url"] for r in recs) == sorted(u for u, _, _ in results)
+
+
+def test_configuration_from_environment(tmp_path, nginx, pki):
+    p = Proxy(tmp_path / "envproxy", flags_via_env=True, upstream_ca=[pki.server_ca])
+    p.start()
+    try:
+        assert (p.ca_dir / "ca.pem").is_file(), "FLOWTAP_CA_DIR was not used"
+        curl("--proxy", p.url, "--cacert", p.ca_path, "-o", "/dev/null",
+             nginx.url("/small", host="localhost", tls=True)).check()
+        assert p.record()["response"]["status"] == 200
+    finally:
+        p.stop()
+
+
+def test_capture_bodies_from_environment(start_proxy, nginx):
+    proxy = start_proxy(env={"FLOWTAP_CAPTURE_BODIES": "text"})
+    curl("-x", proxy.url, "-o", "/dev/null", nginx.url("/json")).check()
+    assert proxy.record()["response"]["body"]["encoding"] == "text"
+
+
+def test_bad_flags_are_refused_by_name(tmp_path):
+    cases = [
+        (["--capture-bodies", "bogus"], "capture-bodies"),
+        (["--ignore-hosts", "(unclosed"], "ignore-hosts"),
+        (["--body-limit", "lots"], "body-limit"),
+        (["--listen", "not-an-address"], "listen"),
+    ]
+    for args, name in cases:
+        listen = [] if "--listen" in args else ["--listen", "127.0.0.1:0"]
+        r = run_flowtap("proxy", "--ca-dir", tmp_path / "ca", *listen, *args, timeout=10)
+        assert r.returncode != 0, f"{args} was accepted"
+        assert name in r.stderr.decode(), f"{args}: message does not name the flag: {r.stderr.decode()}"
+        assert not r.stdout, "nothing but diagnostics on a failed start"
