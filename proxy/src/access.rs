@@ -118,6 +118,7 @@ pub struct Access {
 pub enum Refusal {
     PublicAddress,
     NotInAllowedRanges,
+    TooManyConnections,
 }
 
 impl Access {

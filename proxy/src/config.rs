@@ -178,6 +178,55 @@ pub struct ProxyArgs {
         value_name = "NAME"
     )]
     pub reveal: Vec<String>,
+    /// Most client connections open at once; more are answered 503.
+    #[arg(
+        long,
+        env = "FLOWTAP_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
+    pub max_connections: usize,
+    /// Largest request head (request line plus headers); larger ones get 431.
+    #[arg(
+        long,
+        env = "FLOWTAP_MAX_HEADER_SIZE",
+        default_value = "64KiB",
+        value_name = "SIZE"
+    )]
+    pub max_header_size: String,
+    /// Most header fields in one request; more get 431.
+    #[arg(
+        long,
+        env = "FLOWTAP_MAX_HEADERS",
+        default_value_t = 128,
+        value_name = "N"
+    )]
+    pub max_headers: usize,
+    /// Seconds a client gets to send a complete request head (also the longest an HTTP/1
+    /// connection may sit idle between requests); then 408.
+    #[arg(
+        long,
+        env = "FLOWTAP_REQUEST_HEADER_TIMEOUT",
+        default_value = "30",
+        value_name = "SECONDS"
+    )]
+    pub request_header_timeout: f64,
+    /// Seconds a tunnel or upgraded connection may pass no byte in either direction.
+    #[arg(
+        long,
+        env = "FLOWTAP_IDLE_TIMEOUT",
+        default_value = "600",
+        value_name = "SECONDS"
+    )]
+    pub idle_timeout: f64,
+    /// Concurrent streams one HTTP/2 client connection may open.
+    #[arg(
+        long,
+        env = "FLOWTAP_MAX_STREAMS",
+        default_value_t = 256,
+        value_name = "N"
+    )]
+    pub max_streams: u32,
     #[command(flatten)]
     pub access: crate::access::AccessArgs,
     #[command(flatten)]
@@ -202,6 +251,7 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     pub verbose: bool,
     pub redact: RedactorConfig,
+    pub limits: Limits,
     pub access: crate::access::Access,
     pub collector: crate::output::grpc::CollectorArgs,
     pub otlp: crate::output::otlp::OtlpArgs,
@@ -230,6 +280,38 @@ fn seconds(flag: &'static str, v: f64) -> Result<Duration, ConfigError> {
         ));
     }
     Ok(Duration::from_secs_f64(v))
+}
+
+fn nonzero(flag: &'static str, v: f64) -> Result<Duration, ConfigError> {
+    let d = seconds(flag, v)?;
+    if d.is_zero() {
+        return Err(bad(flag, "must be more than 0"));
+    }
+    Ok(d)
+}
+
+/// Limits that keep one client from hurting the others.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    pub request_header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_header_size: 64 << 10,
+            max_headers: 128,
+            request_header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            max_streams: 256,
+        }
+    }
 }
 
 /// `~/.flowtap`, or `./.flowtap` when there is no home directory.
@@ -292,6 +374,27 @@ impl ProxyConfig {
                     .into_iter()
                     .filter(|r| !r.eq_ignore_ascii_case("all"))
                     .collect(),
+            },
+            limits: Limits {
+                max_connections: match a.max_connections {
+                    0 => return Err(bad("--max-connections", "must be at least 1")),
+                    n => n,
+                },
+                max_header_size: match parse_size(&a.max_header_size) {
+                    Ok(n) if n >= 1024 => n,
+                    Ok(_) => return Err(bad("--max-header-size", "must be at least 1KiB")),
+                    Err(m) => return Err(bad("--max-header-size", m)),
+                },
+                max_headers: match a.max_headers {
+                    0 => return Err(bad("--max-headers", "must be at least 1")),
+                    n => n,
+                },
+                request_header_timeout: nonzero(
+                    "--request-header-timeout",
+                    a.request_header_timeout,
+                )?,
+                idle_timeout: nonzero("--idle-timeout", a.idle_timeout)?,
+                max_streams: a.max_streams.max(1),
             },
             access: crate::access::Access::from_args(a.access)?,
             collector: a.collector,

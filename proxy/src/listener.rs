@@ -73,6 +73,11 @@ pub async fn run(
                         refuse(&shared, stream, addr, why);
                         continue;
                     }
+                    let active = shared.metrics.connections_active.load(Relaxed);
+                    if active >= shared.config.limits.max_connections as i64 {
+                        refuse(&shared, stream, addr, Refusal::TooManyConnections);
+                        continue;
+                    }
                     let shared = shared.clone();
                     shared.metrics.connections_total.fetch_add(1, Relaxed);
                     shared.metrics.connections_active.fetch_add(1, Relaxed);
@@ -114,25 +119,36 @@ fn refuse(
     addr: std::net::SocketAddr,
     why: Refusal,
 ) {
-    let reason = match why {
-        Refusal::PublicAddress => {
-            "public client addresses are refused (start the proxy with --allow-public-clients to accept them)"
-        }
-        Refusal::NotInAllowedRanges => "the client address is outside --allow-clients",
+    let (status, kind, reason) = match why {
+        Refusal::PublicAddress => (
+            "403 Forbidden",
+            ErrorKind::Refused,
+            "public client addresses are refused (start the proxy with --allow-public-clients to accept them)",
+        ),
+        Refusal::NotInAllowedRanges => (
+            "403 Forbidden",
+            ErrorKind::Refused,
+            "the client address is outside --allow-clients",
+        ),
+        Refusal::TooManyConnections => (
+            "503 Service Unavailable",
+            ErrorKind::Limit,
+            "too many open connections (--max-connections)",
+        ),
     };
     let message = format!("client {} refused: {reason}", addr.ip());
-    tracing::warn!(client = %addr, "{message}");
+    tracing::debug!(client = %addr, "{message}");
     let conn = ConnInfo::new(addr, Mode::Regular);
     shared
         .emitter
         .send(Record::Connection(Box::new(ConnectionRecord {
             conn,
             start: std::time::SystemTime::now(),
-            error: (ErrorKind::Refused, message.clone()),
+            error: (kind, message.clone()),
         })));
     let body = format!("flowtap: {message}\n");
     let reply = format!(
-        "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     tokio::spawn(async move {

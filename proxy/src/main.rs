@@ -75,6 +75,12 @@ fn ca_export(a: flowtap::config::CaExportArgs) -> anyhow::Result<()> {
 
 fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let config = ProxyConfig::from_args(args)?;
+    // Each proxied connection holds two descriptors; the usual soft limit of 1024 would cap
+    // the proxy at a few hundred clients.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     if config.redact.reveal_all || !config.redact.reveal.is_empty() {
         tracing::warn!(
             reveal = ?config.redact.reveal,

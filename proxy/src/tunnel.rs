@@ -5,8 +5,9 @@ use crate::record::{ConnInfo, Record, ServerFacts, TlsFacts, TunnelRecord};
 use crate::upstream::connect_tcp;
 use flowtap_schema::ErrorKind;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Copy buffer per direction: big enough for bulk transfers, small enough for many idle tunnels.
@@ -19,25 +20,61 @@ pub struct Pumped {
     pub error: Option<(ErrorKind, String)>,
 }
 
-async fn copy_counted<R, W>(mut r: R, mut w: W, count: &mut u64) -> io::Result<()>
+/// Milliseconds since `base` when either direction last moved a byte.
+struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.base.elapsed().as_millis() as u64, Relaxed);
+    }
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Relaxed));
+        self.base.elapsed().saturating_sub(last)
+    }
+}
+
+async fn copy_counted<R, W>(
+    mut r: R,
+    mut w: W,
+    count: &mut u64,
+    activity: &Activity,
+    idle: Duration,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; RELAY_BUF];
     loop {
-        let n = r.read(&mut buf).await?;
+        let n = match tokio::time::timeout(idle, r.read(&mut buf)).await {
+            Ok(n) => n?,
+            // Quiet this way; the relay is idle only if the other way is quiet too.
+            Err(_) if activity.idle_for() < idle => continue,
+            Err(_) => {
+                let _ = w.shutdown().await;
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no bytes either way for {idle:?} (--idle-timeout)"),
+                ));
+            }
+        };
         if n == 0 {
             let _ = w.shutdown().await;
             return Ok(());
         }
+        activity.touch();
         w.write_all(&buf[..n]).await?;
         *count += n as u64;
     }
 }
 
-/// Relays between `client` and `server` until both directions end.
-pub async fn pump<C, S>(client: C, server: S) -> Pumped
+/// Relays between `client` and `server` until both directions end, or neither moves a byte
+/// for `idle`.
+pub async fn pump<C, S>(client: C, server: S, idle: Duration) -> Pumped
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
@@ -45,11 +82,20 @@ where
     let (cr, cw) = tokio::io::split(client);
     let (sr, sw) = tokio::io::split(server);
     let (mut up, mut down) = (0u64, 0u64);
+    let activity = Activity {
+        base: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
     let (a, b) = tokio::join!(
-        copy_counted(cr, sw, &mut up),
-        copy_counted(sr, cw, &mut down)
+        copy_counted(cr, sw, &mut up, &activity, idle),
+        copy_counted(sr, cw, &mut down, &activity, idle)
     );
+    let timed_out = |r: &io::Result<()>| matches!(r, Err(e) if e.kind() == io::ErrorKind::TimedOut);
     let error = match (a, b) {
+        (a, b) if timed_out(&a) || timed_out(&b) => Some((
+            ErrorKind::Limit,
+            format!("tunnel idle for {idle:?} (--idle-timeout); closed"),
+        )),
         (Err(e), _) => Some((ErrorKind::ClientClosed, format!("client side: {e}"))),
         (_, Err(e)) => Some((ErrorKind::UpstreamClosed, format!("server side: {e}"))),
         _ => None,
@@ -79,7 +125,7 @@ pub async fn relay<C>(
         match connect_tcp(&server.host, port, shared.config.upstream_timeout).await {
             Ok((stream, addr, _, _)) => {
                 server.ip = Some(addr.ip());
-                let p = pump(client, stream).await;
+                let p = pump(client, stream, shared.config.limits.idle_timeout).await;
                 let e = p.error.clone();
                 (Some(p), e)
             }

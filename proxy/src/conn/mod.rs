@@ -6,7 +6,8 @@ pub mod prefixed;
 
 use crate::http::forward::handle;
 use crate::http::{Route, Session, Shared};
-use crate::record::{ConnInfo, Mode};
+use crate::record::{ConnInfo, ConnectionRecord, Mode, Record};
+use flowtap_schema::ErrorKind;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
@@ -15,14 +16,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-/// Time a client gets to send a complete request head (slowloris protection).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest request head accepted (request line plus headers).
-pub const MAX_HEADER_BYTES: usize = 64 << 10;
-/// Most header fields in one request.
-pub const MAX_HEADERS: usize = 128;
-/// Concurrent HTTP/2 streams one client connection may open.
-pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Streams an HTTP/2 client may reset before the connection is closed with GOAWAY
+/// (rapid-reset protection, CVE-2023-44487).
+const MAX_PENDING_RESETS: usize = 64;
 
 /// Resolves once the proxy starts to shut down.
 pub async fn stopping(rx: &mut tokio::sync::watch::Receiver<bool>) {
@@ -35,12 +31,81 @@ pub enum HttpProtocol {
     H2,
 }
 
+/// How a client connection ended, when it ended badly outside any exchange.
+#[derive(Debug)]
+pub enum Ended {
+    Fine,
+    /// No complete request head within the header timeout.
+    HeaderTimeout,
+    /// The head was too large (hyper answered 431 itself).
+    TooLarge(String),
+    /// Unparsable request (hyper answered 400 itself).
+    Malformed(String),
+    /// Anything else: resets, I/O errors.
+    Other(String),
+}
+
 /// Serves a freshly accepted client socket in regular (explicit proxy) mode.
 pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let conn = ConnInfo::new(client, Mode::Regular);
-    let session = Session::new(shared, conn, None, Route::Forward);
-    serve_http(session, stream, HttpProtocol::H1).await;
+    // A second handle on the socket, to answer 408 after hyper gave up on a slow request head.
+    let (stream, spare) = match split_spare(stream) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot set up the client socket");
+            return;
+        }
+    };
+    let session = Session::new(shared.clone(), conn.clone(), None, Route::Forward);
+    let ended = serve_http_inner(session.clone(), stream, HttpProtocol::H1).await;
+    let idle = session.requests.load(std::sync::atomic::Ordering::Relaxed) > 0;
+    let (kind, message) = match ended {
+        Ended::Fine | Ended::Other(_) => return,
+        // A keep-alive connection that sat idle after its requests: closing it is routine.
+        Ended::HeaderTimeout if idle => return,
+        Ended::HeaderTimeout => {
+            answer_408(spare).await;
+            (
+                ErrorKind::Limit,
+                format!(
+                    "no complete request head within {:?} (--request-header-timeout); answered 408",
+                    shared.config.limits.request_header_timeout
+                ),
+            )
+        }
+        Ended::TooLarge(m) => (ErrorKind::Limit, format!("{m}; answered 431")),
+        Ended::Malformed(m) => (ErrorKind::Protocol, format!("{m}; answered 400")),
+    };
+    shared
+        .emitter
+        .send(Record::Connection(Box::new(ConnectionRecord {
+            conn,
+            start: std::time::SystemTime::now(),
+            error: (kind, message),
+        })));
+}
+
+fn split_spare(stream: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let std = stream.into_std()?;
+    let spare = std.try_clone()?;
+    Ok((TcpStream::from_std(std)?, spare))
+}
+
+/// Time allowed to write the 408 before the socket is closed anyway.
+const REPLY_408_TIMEOUT: Duration = Duration::from_secs(1);
+
+async fn answer_408(spare: std::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const REPLY: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 41\r\nconnection: close\r\n\r\nflowtap: the request head took too long.\n";
+    let Ok(mut s) = TcpStream::from_std(spare) else {
+        return;
+    };
+    let _ = tokio::time::timeout(REPLY_408_TIMEOUT, async {
+        let _ = s.write_all(REPLY).await;
+        let _ = s.shutdown().await;
+    })
+    .await;
 }
 
 /// Runs hyper on `io` until the connection ends or the proxy shuts down (then gracefully).
@@ -55,14 +120,22 @@ pub fn serve_http<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    Box::pin(serve_http_inner(session, io, proto))
+    Box::pin(async move {
+        let id = session.conn.id;
+        if let Ended::Other(e) | Ended::Malformed(e) | Ended::TooLarge(e) =
+            serve_http_inner(session, io, proto).await
+        {
+            tracing::debug!(conn = id, error = %e, "client connection ended with an error");
+        }
+    })
 }
 
-async fn serve_http_inner<IO>(session: Arc<Session>, io: IO, proto: HttpProtocol)
+async fn serve_http_inner<IO>(session: Arc<Session>, io: IO, proto: HttpProtocol) -> Ended
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut shutdown = session.shared.shutdown.clone();
+    let limits = &session.shared.config.limits;
     let s = session.clone();
     let service = service_fn(move |req| handle(s.clone(), req));
     let io = TokioIo::new(io);
@@ -70,9 +143,9 @@ where
         HttpProtocol::H1 => {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES.max(8192))
-                .max_headers(MAX_HEADERS)
+                .header_read_timeout(limits.request_header_timeout)
+                .max_buf_size(limits.max_header_size.max(8192))
+                .max_headers(limits.max_headers)
                 .serve_connection(io, service)
                 .with_upgrades();
             tokio::pin!(conn);
@@ -87,7 +160,9 @@ where
         HttpProtocol::H2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                .max_concurrent_streams(limits.max_streams)
+                .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+                .max_header_list_size(limits.max_header_size as u32)
                 .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
                 .initial_connection_window_size(crate::upstream::H2_CONN_WINDOW)
                 .serve_connection(io, service);
@@ -101,7 +176,11 @@ where
             }
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(conn = session.conn.id, error = %e, "client connection ended with an error");
+    match result {
+        Ok(()) => Ended::Fine,
+        Err(e) if e.is_timeout() => Ended::HeaderTimeout,
+        Err(e) if e.is_parse_too_large() => Ended::TooLarge(format!("request head too large: {e}")),
+        Err(e) if e.is_parse() => Ended::Malformed(format!("malformed request: {e}")),
+        Err(e) => Ended::Other(e.to_string()),
     }
 }

@@ -24,6 +24,9 @@ pub async fn handle(
     session: Arc<Session>,
     req: hyper::Request<Incoming>,
 ) -> Result<Response, Infallible> {
+    session
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if matches!(session.route, Route::Forward) && !is_open_page(&req) {
         let access = &session.shared.config.access;
         let header = req
@@ -456,6 +459,7 @@ fn switch_protocols(
     session.shared.emitter.send(Record::Http(x));
 
     let emitter = session.shared.emitter.clone();
+    let idle = session.shared.config.limits.idle_timeout;
     let guard = session.shared.tracker.guard();
     tokio::spawn(async move {
         let _guard = guard;
@@ -466,6 +470,7 @@ fn switch_protocols(
                 let p = crate::tunnel::pump(
                     hyper_util::rt::TokioIo::new(c),
                     hyper_util::rt::TokioIo::new(u),
+                    idle,
                 )
                 .await;
                 let e = p.error.clone();

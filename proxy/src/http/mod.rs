@@ -79,6 +79,8 @@ pub struct Session {
     /// Upstream connections this client connection opened, by target. HTTP/1.1 ones are taken
     /// out while a request is in flight; HTTP/2 ones stay and are shared.
     pool: Mutex<HashMap<Target, Connection>>,
+    /// Requests received on this connection.
+    pub requests: std::sync::atomic::AtomicU64,
 }
 
 impl Session {
@@ -94,6 +96,7 @@ impl Session {
             tls,
             route,
             pool: Mutex::new(HashMap::new()),
+            requests: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
