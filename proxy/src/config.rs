@@ -80,9 +80,13 @@ pub enum CaptureArg {
 
 #[derive(Args, Debug)]
 pub struct ProxyArgs {
-    /// Address to listen on.
+    /// Address to listen on (for modes without their own @ADDR).
     #[arg(long, env = "FLOWTAP_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     pub listen: SocketAddr,
+    /// How clients reach the proxy (repeatable, each on its own address): regular,
+    /// transparent, reverse:URL; append @PORT or @ADDR:PORT to listen elsewhere than --listen.
+    #[arg(long = "mode", env = "FLOWTAP_MODE", value_delimiter = ',', default_value = "regular", value_name = "MODE")]
+    pub modes: Vec<String>,
     /// Directory holding ca.pem and ca-key.pem; a CA is created there on first start.
     /// Default: ~/.flowtap
     #[arg(long, env = "FLOWTAP_CA_DIR", value_name = "DIR")]
@@ -238,7 +242,7 @@ pub struct ProxyArgs {
 /// The validated configuration of `flowtap proxy`.
 #[derive(Debug)]
 pub struct ProxyConfig {
-    pub listen: SocketAddr,
+    pub modes: Vec<crate::mode::ModeSpec>,
     pub ca_dir: PathBuf,
     pub outputs: Vec<OutputSpec>,
     pub upstream_ca: Vec<PathBuf>,
@@ -348,8 +352,21 @@ impl ProxyConfig {
         if stdout_line_limit < 1024 {
             return Err(bad("--stdout-line-limit", "must be at least 1KiB"));
         }
+        let modes = a
+            .modes
+            .iter()
+            .map(|m| crate::mode::parse(m, a.listen).map_err(|e| bad("--mode", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, m) in modes.iter().enumerate() {
+            if modes[..i].iter().any(|o| o.listen == m.listen) {
+                return Err(bad(
+                    "--mode",
+                    format!("two modes listen on {}: give each its own @ADDR", m.listen),
+                ));
+            }
+        }
         Ok(ProxyConfig {
-            listen: a.listen,
+            modes,
             ca_dir: a.ca_dir.unwrap_or_else(default_ca_dir),
             outputs,
             upstream_ca: a.upstream_ca,

@@ -1,7 +1,8 @@
 //! CONNECT host:port: answer 200, then look at the first bytes the client sends through the
 //! tunnel and decide: intercept TLS, serve plain HTTP, or relay bytes.
 
-use crate::conn::detect::{classify, Protocol};
+use crate::conn::detect::{classify, client_hello_sni, Protocol};
+use crate::mode::ReverseTarget;
 use crate::conn::prefixed::Prefixed;
 use crate::conn::{serve_http, HttpProtocol};
 use crate::http::{plain, Response, Route, Scheme, Session};
@@ -58,7 +59,9 @@ pub async fn handle(session: Arc<Session>, req: hyper::Request<Incoming>) -> Res
     tokio::spawn(async move {
         let _guard = guard;
         match on_upgrade.await {
-            Ok(upgraded) => tunnel(session, TokioIo::new(upgraded), host, port).await,
+            Ok(upgraded) => {
+                inspect(session, TokioIo::new(upgraded), Entry::Connect { host, port }).await
+            }
             Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
         }
     });
@@ -98,7 +101,19 @@ pub fn record_tunnel_error(
         })));
 }
 
-async fn tunnel<IO>(session: Arc<Session>, mut io: IO, host: String, port: u16)
+/// How a stream reached the proxy, which decides where its bytes go.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// Inside `CONNECT host:port`.
+    Connect { host: String, port: u16 },
+    /// Redirected by the kernel; the client meant `ip:port`.
+    Transparent { ip: std::net::IpAddr, port: u16 },
+    /// Everything goes to one upstream.
+    Reverse(ReverseTarget),
+}
+
+/// Reads the first bytes and hands the stream to TLS interception, the HTTP server, or the relay.
+pub async fn inspect<IO>(session: Arc<Session>, mut io: IO, entry: Entry)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -111,31 +126,64 @@ where
             Ok(Ok(0)) | Ok(Err(_)) => break classify(&buf).unwrap_or(Protocol::Opaque),
             Ok(Ok(_)) => {
                 if let Some(p) = classify(&buf) {
-                    break p;
+                    if p != Protocol::Tls || client_hello_complete(&buf) {
+                        break p;
+                    }
                 }
                 if buf.len() >= PEEK_BYTES {
-                    break Protocol::Opaque;
+                    break classify(&buf).unwrap_or(Protocol::Opaque);
                 }
             }
         }
     };
+    let sni = (protocol == Protocol::Tls)
+        .then(|| client_hello_sni(&buf))
+        .flatten();
     let io = Prefixed::new(Bytes::from(buf), io);
     let shared = session.shared.clone();
     let conn = session.conn.clone();
-    let ignored = shared.config.is_ignored(&host);
+
+    // Where the bytes go, named as the client named it.
+    let (target, ignored, plan_sni) = match &entry {
+        Entry::Connect { host, port } => {
+            let ignored = shared.config.is_ignored(host)
+                || sni.as_deref().is_some_and(|s| shared.config.is_ignored(s));
+            (Target::new(host.clone(), *port, false), ignored, true)
+        }
+        Entry::Transparent { ip, port } => {
+            let mut t = Target::new(sni.clone().unwrap_or_else(|| ip.to_string()), *port, false);
+            t.addr = Some(*ip);
+            let ignored = shared.config.is_ignored(&ip.to_string())
+                || sni.as_deref().is_some_and(|s| shared.config.is_ignored(s));
+            (t, ignored, true)
+        }
+        Entry::Reverse(r) => (Target::new(r.host.clone(), r.port, r.tls), false, false),
+    };
+    let reverse = matches!(entry, Entry::Reverse(_));
     match (protocol, ignored) {
-        (Protocol::Tls, false) => crate::tls::intercept(shared, conn, io, host, port).await,
-        (Protocol::Http1 | Protocol::H2Prior, false) => {
-            let route = Route::Fixed {
+        (Protocol::Tls, false) => {
+            let plan = crate::tls::Plan {
                 target: Target {
-                    host: host.clone(),
-                    port,
-                    tls: false,
-                    sni: None,
+                    // Intercepted TLS goes upstream as TLS, except a reverse proxy's upstream,
+                    // which speaks what its URL says.
+                    tls: if reverse { target.tls } else { true },
+                    ..target
                 },
-                scheme: Scheme::Http,
-                authority: authority_string(&host, port, 80),
+                use_client_sni: plan_sni,
+                rewrite_host: reverse,
+            };
+            crate::tls::intercept(shared, conn, io, plan).await
+        }
+        (Protocol::Http1 | Protocol::H2Prior, false) => {
+            let scheme = if target.tls { Scheme::Https } else { Scheme::Http };
+            let default_port = if target.tls { 443 } else { 80 };
+            let route = Route::Fixed {
+                authority: authority_string(&target.host, target.port, default_port),
+                target,
+                scheme,
                 failed: None,
+                host_from_request: matches!(entry, Entry::Transparent { .. }),
+                rewrite_host: reverse,
             };
             let s = Session::new(shared, conn, None, route);
             let proto = if protocol == Protocol::H2Prior {
@@ -149,12 +197,18 @@ where
             let tls = (p == Protocol::Tls).then(|| {
                 Arc::new(TlsFacts {
                     intercepted: false,
+                    sni: sni.clone(),
                     ..Default::default()
                 })
             });
-            crate::tunnel::relay(shared, conn, io, host, port, tls).await
+            crate::tunnel::relay(shared, conn, io, target, tls).await
         }
     }
+}
+
+/// Whether `buf` holds a whole TLS record (so the ClientHello's SNI can be read from it).
+fn client_hello_complete(buf: &[u8]) -> bool {
+    buf.len() >= 5 && buf.len() >= 5 + u16::from_be_bytes([buf[3], buf[4]]) as usize
 }
 
 /// `host` or `host:port` when the port is not the scheme's default.

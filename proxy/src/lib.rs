@@ -27,6 +27,7 @@ pub mod http;
 pub mod k8s;
 pub mod listener;
 pub mod metrics;
+pub mod mode;
 pub mod output;
 pub mod record;
 pub mod redact;

@@ -60,9 +60,9 @@ impl Drop for Guard {
 /// Accepts until `stop` flips, then waits up to `grace` for open connections to finish.
 pub async fn run(
     listener: TcpListener,
+    mode: crate::mode::ModeKind,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-    grace: Duration,
 ) {
     loop {
         tokio::select! {
@@ -82,9 +82,10 @@ pub async fn run(
                     shared.metrics.connections_total.fetch_add(1, Relaxed);
                     shared.metrics.connections_active.fetch_add(1, Relaxed);
                     let guard = shared.tracker.guard();
+                    let mode = mode.clone();
                     tokio::spawn(async move {
                         let m = shared.metrics.clone();
-                        serve_client(shared, stream, addr).await;
+                        serve_client(shared, stream, addr, mode).await;
                         m.connections_active.fetch_sub(1, Relaxed);
                         drop(guard);
                     });
@@ -96,7 +97,10 @@ pub async fn run(
             },
         }
     }
-    drop(listener);
+}
+
+/// After the listeners stopped: waits up to `grace` for open connections to finish.
+pub async fn drain(shared: &Shared, grace: Duration) {
     let open = shared.tracker.open();
     if open > 0 {
         tracing::info!(open, ?grace, "waiting for open connections to finish");

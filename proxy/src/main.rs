@@ -113,17 +113,17 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let emitter = writer.emitter.clone();
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("--listen {}: cannot bind", config.listen))?;
+        // Bind everything before serving anything: a bad address fails the start, whole.
+        let mut listeners = Vec::with_capacity(config.modes.len());
+        for m in &config.modes {
+            let l = tokio::net::TcpListener::bind(m.listen)
+                .await
+                .with_context(|| format!("--mode {:?}: cannot listen on {}", m.kind, m.listen))?;
+            listeners.push((l, m.kind.clone()));
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let grace = config.grace;
-        tracing::info!(
-            addr = %listener.local_addr().unwrap_or(config.listen),
-            ca = %config.ca_dir.join("ca.pem").display(),
-            mode = "regular",
-            "listening"
-        );
+        let ca_path = config.ca_dir.join("ca.pem");
         let shared = Arc::new(Shared {
             config,
             upstream_tls,
@@ -134,11 +134,28 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
             shutdown: stop_rx.clone(),
             tracker: Arc::new(flowtap::listener::Tracker::default()),
         });
-        let server = tokio::spawn(flowtap::listener::run(listener, shared, stop_rx, grace));
+        let mut servers = Vec::new();
+        for (l, kind) in listeners {
+            tracing::info!(
+                addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                mode = %mode_name(&kind),
+                ca = %ca_path.display(),
+                "listening"
+            );
+            servers.push(tokio::spawn(flowtap::listener::run(
+                l,
+                kind,
+                shared.clone(),
+                stop_rx.clone(),
+            )));
+        }
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections");
         let _ = stop_tx.send(true);
-        let _ = server.await;
+        for s in servers {
+            let _ = s.await;
+        }
+        flowtap::listener::drain(&shared, grace).await;
         anyhow::Ok(())
     })?;
     writer.finish(FINAL_FLUSH_TIMEOUT);
@@ -160,5 +177,15 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+fn mode_name(kind: &flowtap::mode::ModeKind) -> String {
+    match kind {
+        flowtap::mode::ModeKind::Regular => "regular".into(),
+        flowtap::mode::ModeKind::Transparent => "transparent".into(),
+        flowtap::mode::ModeKind::Reverse(r) => {
+            format!("reverse:{}://{}", r.scheme(), r.authority())
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::http::Shared;
 use crate::record::{ConnInfo, Record, ServerFacts, TlsFacts, TunnelRecord};
-use crate::upstream::connect_tcp;
+use crate::upstream::{connect_tcp, Target};
 use flowtap_schema::ErrorKind;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -103,13 +103,12 @@ where
     Pumped { up, down, error }
 }
 
-/// Connects to `host:port` and relays `client` to it; writes one tunnel record.
+/// Connects to `target` and relays `client` to it; writes one tunnel record.
 pub async fn relay<C>(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     client: C,
-    host: String,
-    port: u16,
+    target: Target,
     tls: Option<Arc<TlsFacts>>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -117,12 +116,13 @@ pub async fn relay<C>(
     let start = SystemTime::now();
     let started = Instant::now();
     let mut server = ServerFacts {
-        host,
-        port,
-        ip: None,
+        host: target.host.clone(),
+        port: target.port,
+        ip: target.addr,
     };
+    let timeout = shared.config.upstream_timeout;
     let (pumped, error) =
-        match connect_tcp(&server.host, port, shared.config.upstream_timeout).await {
+        match connect_tcp(&target.host, target.port, target.addr, timeout).await {
             Ok((stream, addr, _, _)) => {
                 server.ip = Some(addr.ip());
                 let p = pump(client, stream, shared.config.limits.idle_timeout).await;

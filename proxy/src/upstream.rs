@@ -190,13 +190,14 @@ impl ServerCertVerifier for NoVerify {
 pub async fn connect_tcp(
     host: &str,
     port: u16,
+    addr: Option<IpAddr>,
     timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr, Option<Duration>, Duration), ConnectError> {
     let deadline = Instant::now() + timeout;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let (addrs, dns) = match bare.parse::<IpAddr>() {
-        Ok(ip) => (vec![SocketAddr::new(ip, port)], None),
-        Err(_) => {
+    let (addrs, dns) = match addr.or_else(|| bare.parse::<IpAddr>().ok()) {
+        Some(ip) => (vec![SocketAddr::new(ip, port)], None),
+        None => {
             let t0 = Instant::now();
             let lookup =
                 tokio::time::timeout_at(deadline.into(), tokio::net::lookup_host((bare, port)));
@@ -264,6 +265,21 @@ pub struct Target {
     pub tls: bool,
     /// Name to send as SNI and verify the certificate against (defaults to `host`).
     pub sni: Option<String>,
+    /// Address to connect to instead of resolving `host` (transparent mode: the client's
+    /// original destination).
+    pub addr: Option<IpAddr>,
+}
+
+impl Target {
+    pub fn new(host: impl Into<String>, port: u16, tls: bool) -> Self {
+        Target {
+            host: host.into(),
+            port,
+            tls,
+            sni: None,
+            addr: None,
+        }
+    }
 }
 
 /// Opens a connection to `target`, offering `alpn` when it is TLS, and starts its hyper client.
@@ -273,7 +289,7 @@ pub async fn connect(
     alpn: &[Vec<u8>],
     timeout: Duration,
 ) -> Result<Connection, ConnectError> {
-    let (tcp, addr, dns, connect) = connect_tcp(&target.host, target.port, timeout).await?;
+    let (tcp, addr, dns, connect) = connect_tcp(&target.host, target.port, target.addr, timeout).await?;
     let mut timings = ConnectTimings {
         dns,
         connect,

@@ -4,7 +4,9 @@
 pub mod detect;
 pub mod prefixed;
 
+use crate::connect::{inspect, Entry};
 use crate::http::forward::handle;
+use crate::mode::ModeKind;
 use crate::http::{Route, Session, Shared};
 use crate::record::{ConnInfo, ConnectionRecord, Mode, Record};
 use flowtap_schema::ErrorKind;
@@ -45,9 +47,59 @@ pub enum Ended {
     Other(String),
 }
 
-/// Serves a freshly accepted client socket in regular (explicit proxy) mode.
-pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
+/// Serves a freshly accepted client socket in the listener's mode.
+pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr, mode: ModeKind) {
     let _ = stream.set_nodelay(true);
+    match mode {
+        ModeKind::Regular => serve_regular(shared, stream, client).await,
+        ModeKind::Transparent => serve_transparent(shared, stream, client).await,
+        ModeKind::Reverse(target) => {
+            let conn = ConnInfo::new(client, Mode::Reverse);
+            let session = Session::new(shared, conn, None, Route::Forward);
+            inspect(session, stream, Entry::Reverse(target)).await;
+        }
+    }
+}
+
+/// Transparent mode: the kernel redirected a connection meant for somewhere else; find out
+/// where (SO_ORIGINAL_DST) and treat it as a CONNECT to there.
+async fn serve_transparent(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
+    let conn = ConnInfo::new(client, Mode::Transparent);
+    let sock = socket2::SockRef::from(&stream);
+    let local = stream.local_addr().ok();
+    let original = match client {
+        SocketAddr::V4(_) => sock.original_dst_v4(),
+        SocketAddr::V6(_) => sock.original_dst_v6(),
+    }
+    .ok()
+    .and_then(|a| a.as_socket());
+    let failure = match original {
+        None => Some("no original destination (SO_ORIGINAL_DST): was the connection redirected by iptables/nftables REDIRECT?".to_string()),
+        // Not redirected, or redirected back to the proxy: serving it would loop.
+        Some(dst) if Some(dst) == local || shared.config.modes.iter().any(|m| m.listen == dst) => {
+            Some(format!("original destination {dst} is the proxy itself; refusing to loop"))
+        }
+        Some(_) => None,
+    };
+    if let Some(message) = failure {
+        tracing::debug!(client = %client, "{message}");
+        shared.emitter.send(Record::Connection(Box::new(ConnectionRecord {
+            conn,
+            start: std::time::SystemTime::now(),
+            error: (ErrorKind::Refused, message),
+        })));
+        return;
+    }
+    let Some(dst) = original else { return };
+    let session = Session::new(shared, conn, None, Route::Forward);
+    let entry = Entry::Transparent {
+        ip: dst.ip().to_canonical(),
+        port: dst.port(),
+    };
+    inspect(session, stream, entry).await;
+}
+
+async fn serve_regular(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
     let conn = ConnInfo::new(client, Mode::Regular);
     // A second handle on the socket, to answer 408 after hyper gave up on a slow request head.
     let (stream, spare) = match split_spare(stream) {

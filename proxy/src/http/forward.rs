@@ -144,12 +144,7 @@ fn resolve(
                 }
             };
             let (host, port) = host_port(authority, scheme);
-            let target = Target {
-                host,
-                port,
-                tls: scheme == Scheme::Https,
-                sni: None,
-            };
+            let target = Target::new(host, port, scheme == Scheme::Https);
             Ok((
                 target,
                 format!("{}://{}{}", scheme.as_str(), authority, pq),
@@ -160,18 +155,23 @@ fn resolve(
             target,
             scheme,
             authority,
+            host_from_request,
+            rewrite_host,
             ..
         } => {
             // The connection goes where the tunnel points; the Host header only names the URL.
-            let named = uri
-                .authority()
-                .cloned()
-                .or_else(|| {
+            let from_request = || {
+                uri.authority().cloned().or_else(|| {
                     req.headers()
                         .get(http::header::HOST)
                         .and_then(|h| Authority::try_from(h.as_bytes()).ok())
                 })
-                .or_else(|| Authority::try_from(authority.as_str()).ok());
+            };
+            let named = if *rewrite_host {
+                Authority::try_from(authority.as_str()).ok()
+            } else {
+                from_request().or_else(|| Authority::try_from(authority.as_str()).ok())
+            };
             let Some(named) = named else {
                 return Err(plain(StatusCode::BAD_REQUEST, "flowtap: no authority\n"));
             };
@@ -179,11 +179,11 @@ fn resolve(
                 Some(p) if p == default_port(*scheme) => named.host().to_string(),
                 _ => named.as_str().to_string(),
             };
-            Ok((
-                target.clone(),
-                format!("{}://{}{}", scheme.as_str(), shown, pq),
-                named,
-            ))
+            let mut target = target.clone();
+            if *host_from_request {
+                target.host = named.host().to_string();
+            }
+            Ok((target, format!("{}://{}{}", scheme.as_str(), shown, pq), named))
         }
     }
 }
@@ -325,6 +325,9 @@ async fn forward(
             .unwrap_or_default();
     } else {
         parts.version = Version::HTTP_11;
+        if matches!(session.route, Route::Fixed { rewrite_host: true, .. }) {
+            parts.headers.remove(http::header::HOST);
+        }
         if !parts.headers.contains_key(http::header::HOST) {
             if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
                 parts.headers.insert(http::header::HOST, v);

@@ -67,6 +67,10 @@ pub enum Route {
         authority: String,
         /// The connection could not be opened: every request is answered with this error.
         failed: Option<ConnectError>,
+        /// Transparent plain HTTP: the record names the server from the Host header.
+        host_from_request: bool,
+        /// Reverse mode: the upstream gets its own name in Host, as reverse proxies do.
+        rewrite_host: bool,
     },
 }
 

@@ -18,12 +18,16 @@ use std::time::{Duration, Instant, SystemTime};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Regular,
+    Transparent,
+    Reverse,
 }
 
 impl Mode {
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Regular => "regular",
+            Mode::Transparent => "transparent",
+            Mode::Reverse => "reverse",
         }
     }
 }

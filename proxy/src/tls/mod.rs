@@ -9,6 +9,7 @@ use crate::connect::{authority_string, record_tunnel_error};
 use crate::http::{Route, Scheme, Session, Shared};
 use crate::record::{ConnInfo, TlsFacts};
 use crate::upstream::{self, Target, ALPN_H1, ALPN_H2};
+
 use flowtap_schema::ErrorKind;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,15 +27,28 @@ fn version_name(v: Option<rustls::ProtocolVersion>) -> Option<&'static str> {
     }
 }
 
-pub async fn intercept<IO>(
-    shared: Arc<Shared>,
-    conn: Arc<ConnInfo>,
-    io: IO,
-    host: String,
-    port: u16,
-) where
+/// What an intercepted connection is for.
+pub struct Plan {
+    /// Where requests go. `tls: false` only for a reverse proxy in front of a plain-HTTP server.
+    pub target: Target,
+    /// Verify the upstream against the client's SNI (explicit and transparent proxying); a
+    /// reverse proxy verifies its configured host instead.
+    pub use_client_sni: bool,
+    /// Reverse mode: Host rewritten to the upstream's name.
+    pub rewrite_host: bool,
+}
+
+pub async fn intercept<IO>(shared: Arc<Shared>, conn: Arc<ConnInfo>, io: IO, plan: Plan)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Plan {
+        mut target,
+        use_client_sni,
+        rewrite_host,
+    } = plan;
+    let host = target.host.clone();
+    let port = target.port;
     // A session only to write records for failures before there is an HTTP session.
     let early = Session::new(shared.clone(), conn.clone(), None, Route::Forward);
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
@@ -66,27 +80,32 @@ pub async fn intercept<IO>(
         .cloned()
         .collect();
 
-    let target = Target {
-        host: host.clone(),
-        port,
-        tls: true,
-        sni: sni.clone(),
+    if use_client_sni {
+        target.sni = sni.clone();
+    }
+    // A plain-HTTP upstream (reverse mode) is connected per request; the client may speak h2.
+    let upstream = if target.tls {
+        Some(
+            upstream::connect(
+                &shared.upstream_tls,
+                &target,
+                &upstream_offer,
+                shared.config.upstream_timeout,
+            )
+            .await,
+        )
+    } else {
+        None
     };
-    let upstream = upstream::connect(
-        &shared.upstream_tls,
-        &target,
-        &upstream_offer,
-        shared.config.upstream_timeout,
-    )
-    .await;
     let chosen: Option<Vec<u8>> = match &upstream {
-        Ok(c) => c.alpn.clone(),
+        Some(Ok(c)) => c.alpn.clone(),
         // No upstream: finish the handshake anyway so each request can get a 502 that says why.
-        Err(_) => upstream_offer
+        Some(Err(_)) => upstream_offer
             .iter()
             .find(|p| p.as_slice() == ALPN_H1)
             .or(upstream_offer.first())
             .cloned(),
+        None => upstream_offer.first().cloned(),
     };
 
     let leaf_host = sni.clone().unwrap_or_else(|| host.clone());
@@ -113,8 +132,11 @@ pub async fn intercept<IO>(
             .as_ref()
             .map(|p| String::from_utf8_lossy(p).into_owned()),
         client_version: None,
-        server_version: upstream.as_ref().ok().and_then(|c| c.tls_version),
-        upstream_verified: Some(shared.upstream_tls.verified),
+        server_version: upstream
+            .as_ref()
+            .and_then(|u| u.as_ref().ok())
+            .and_then(|c| c.tls_version),
+        upstream_verified: target.tls.then_some(shared.upstream_tls.verified),
     };
     let stream =
         match tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
@@ -150,14 +172,22 @@ pub async fn intercept<IO>(
     let h2 = chosen.as_deref() == Some(ALPN_H2);
 
     let (failed, connection) = match upstream {
-        Ok(c) => (None, Some(c)),
-        Err(e) => (Some(e), None),
+        Some(Ok(c)) => (None, Some(c)),
+        Some(Err(e)) => (Some(e), None),
+        None => (None, None),
+    };
+    let (scheme, default_port) = if target.tls {
+        (Scheme::Https, 443)
+    } else {
+        (Scheme::Http, 80)
     };
     let route = Route::Fixed {
         target: target.clone(),
-        scheme: Scheme::Https,
-        authority: authority_string(&host, port, 443),
+        scheme,
+        authority: authority_string(&host, port, default_port),
         failed,
+        host_from_request: false,
+        rewrite_host,
     };
     let session = Session::new(shared, conn, Some(Arc::new(facts)), route);
     if let Some(c) = connection {
