@@ -85,7 +85,13 @@ pub struct ProxyArgs {
     pub listen: SocketAddr,
     /// How clients reach the proxy (repeatable, each on its own address): regular,
     /// transparent, reverse:URL; append @PORT or @ADDR:PORT to listen elsewhere than --listen.
-    #[arg(long = "mode", env = "FLOWTAP_MODE", value_delimiter = ',', default_value = "regular", value_name = "MODE")]
+    #[arg(
+        long = "mode",
+        env = "FLOWTAP_MODE",
+        value_delimiter = ',',
+        default_value = "regular",
+        value_name = "MODE"
+    )]
     pub modes: Vec<String>,
     /// Directory holding ca.pem and ca-key.pem; a CA is created there on first start.
     /// Default: ~/.flowtap

@@ -2,10 +2,10 @@
 //! tunnel and decide: intercept TLS, serve plain HTTP, or relay bytes.
 
 use crate::conn::detect::{classify, client_hello_sni, Protocol};
-use crate::mode::ReverseTarget;
 use crate::conn::prefixed::Prefixed;
 use crate::conn::{serve_http, HttpProtocol};
 use crate::http::{plain, Response, Route, Scheme, Session};
+use crate::mode::ReverseTarget;
 use crate::record::{Record, ServerFacts, TlsFacts, TunnelRecord};
 use crate::upstream::Target;
 use bytes::{Bytes, BytesMut};
@@ -60,7 +60,12 @@ pub async fn handle(session: Arc<Session>, req: hyper::Request<Incoming>) -> Res
         let _guard = guard;
         match on_upgrade.await {
             Ok(upgraded) => {
-                inspect(session, TokioIo::new(upgraded), Entry::Connect { host, port }).await
+                inspect(
+                    session,
+                    TokioIo::new(upgraded),
+                    Entry::Connect { host, port },
+                )
+                .await
             }
             Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
         }
@@ -175,7 +180,11 @@ where
             crate::tls::intercept(shared, conn, io, plan).await
         }
         (Protocol::Http1 | Protocol::H2Prior, false) => {
-            let scheme = if target.tls { Scheme::Https } else { Scheme::Http };
+            let scheme = if target.tls {
+                Scheme::Https
+            } else {
+                Scheme::Http
+            };
             let default_port = if target.tls { 443 } else { 80 };
             let route = Route::Fixed {
                 authority: authority_string(&target.host, target.port, default_port),

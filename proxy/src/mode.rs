@@ -65,7 +65,9 @@ pub fn parse(spec: &str, default_listen: SocketAddr) -> Result<ModeSpec, String>
         "regular" => ModeKind::Regular,
         "transparent" => ModeKind::Transparent,
         _ => match body.strip_prefix("reverse:") {
-            Some(url) => ModeKind::Reverse(parse_reverse(url).map_err(|m| format!("{spec:?}: {m}"))?),
+            Some(url) => {
+                ModeKind::Reverse(parse_reverse(url).map_err(|m| format!("{spec:?}: {m}"))?)
+            }
             None => {
                 return Err(format!(
                     "{spec:?}: expected regular, transparent or reverse:URL (optionally @PORT)"
@@ -81,16 +83,20 @@ fn parse_reverse(url: &str) -> Result<ReverseTarget, String> {
     let tls = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
-        _ => return Err(format!("{url:?}: the URL must start with http:// or https://")),
+        _ => {
+            return Err(format!(
+                "{url:?}: the URL must start with http:// or https://"
+            ))
+        }
     };
-    let a = uri
-        .authority()
-        .ok_or_else(|| format!("{url:?}: no host"))?;
+    let a = uri.authority().ok_or_else(|| format!("{url:?}: no host"))?;
     if a.as_str().contains('@') {
         return Err(format!("{url:?}: credentials in the URL are not supported"));
     }
     if uri.path() != "/" && !uri.path().is_empty() {
-        return Err(format!("{url:?}: a path is not supported, give scheme://host[:port]"));
+        return Err(format!(
+            "{url:?}: a path is not supported, give scheme://host[:port]"
+        ));
     }
     Ok(ReverseTarget {
         tls,

@@ -121,16 +121,15 @@ pub async fn relay<C>(
         ip: target.addr,
     };
     let timeout = shared.config.upstream_timeout;
-    let (pumped, error) =
-        match connect_tcp(&target.host, target.port, target.addr, timeout).await {
-            Ok((stream, addr, _, _)) => {
-                server.ip = Some(addr.ip());
-                let p = pump(client, stream, shared.config.limits.idle_timeout).await;
-                let e = p.error.clone();
-                (Some(p), e)
-            }
-            Err(e) => (None, Some((e.kind, e.message))),
-        };
+    let (pumped, error) = match connect_tcp(&target.host, target.port, target.addr, timeout).await {
+        Ok((stream, addr, _, _)) => {
+            server.ip = Some(addr.ip());
+            let p = pump(client, stream, shared.config.limits.idle_timeout).await;
+            let e = p.error.clone();
+            (Some(p), e)
+        }
+        Err(e) => (None, Some((e.kind, e.message))),
+    };
     let record = TunnelRecord {
         conn,
         tls,

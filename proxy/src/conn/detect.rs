@@ -178,7 +178,10 @@ mod sni_tests {
 
     #[test]
     fn finds_sni() {
-        assert_eq!(client_hello_sni(&hello("Example.COM")).as_deref(), Some("example.com"));
+        assert_eq!(
+            client_hello_sni(&hello("Example.COM")).as_deref(),
+            Some("example.com")
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@ pub mod prefixed;
 
 use crate::connect::{inspect, Entry};
 use crate::http::forward::handle;
-use crate::mode::ModeKind;
 use crate::http::{Route, Session, Shared};
+use crate::mode::ModeKind;
 use crate::record::{ConnInfo, ConnectionRecord, Mode, Record};
 use flowtap_schema::ErrorKind;
 use hyper::service::service_fn;
@@ -48,7 +48,12 @@ pub enum Ended {
 }
 
 /// Serves a freshly accepted client socket in the listener's mode.
-pub async fn serve_client(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr, mode: ModeKind) {
+pub async fn serve_client(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    client: SocketAddr,
+    mode: ModeKind,
+) {
     let _ = stream.set_nodelay(true);
     match mode {
         ModeKind::Regular => serve_regular(shared, stream, client).await,
@@ -83,11 +88,13 @@ async fn serve_transparent(shared: Arc<Shared>, stream: TcpStream, client: Socke
     };
     if let Some(message) = failure {
         tracing::debug!(client = %client, "{message}");
-        shared.emitter.send(Record::Connection(Box::new(ConnectionRecord {
-            conn,
-            start: std::time::SystemTime::now(),
-            error: (ErrorKind::Refused, message),
-        })));
+        shared
+            .emitter
+            .send(Record::Connection(Box::new(ConnectionRecord {
+                conn,
+                start: std::time::SystemTime::now(),
+                error: (ErrorKind::Refused, message),
+            })));
         return;
     }
     let Some(dst) = original else { return };

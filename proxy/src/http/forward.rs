@@ -183,13 +183,17 @@ fn resolve(
             if *host_from_request {
                 target.host = named.host().to_string();
             }
-            Ok((target, format!("{}://{}{}", scheme.as_str(), shown, pq), named))
+            Ok((
+                target,
+                format!("{}://{}{}", scheme.as_str(), shown, pq),
+                named,
+            ))
         }
     }
 }
 
 impl Session {
-    /// A connection to `target`: from this session's pool, or newly opened.
+    /// A connection to `target`: this session's reserved one, a kept one, or a new one.
     async fn checkout(&self, target: &Target, client_h2: bool) -> Result<Connection, ConnectError> {
         if let Route::Fixed {
             failed: Some(e), ..
@@ -197,7 +201,14 @@ impl Session {
         {
             return Err(e.clone());
         }
-        if let Some(c) = self.take_pooled(target) {
+        let reserved = self
+            .reserved
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take_if(|(t, _)| t == target))
+            .map(|(_, c)| c)
+            .filter(|c| !c.sender.is_closed());
+        if let Some(c) = reserved.or_else(|| self.shared.pool.take(target)) {
             return Ok(c);
         }
         let alpn: Vec<Vec<u8>> = if client_h2 {
@@ -212,35 +223,16 @@ impl Session {
             self.shared.config.upstream_timeout,
         )
         .await?;
-        let timings = c.timings.take();
-        if let Some(shared) = c.share() {
-            if let Ok(mut p) = self.pool.lock() {
-                p.insert(target.clone(), shared);
-            }
+        if let Some(shared) = c.share_without_timings() {
+            self.shared.pool.put(target.clone(), shared);
         }
-        c.timings = timings;
         Ok(c)
     }
 
-    fn take_pooled(&self, target: &Target) -> Option<Connection> {
-        let mut p = self.pool.lock().ok()?;
-        let c = p.get_mut(target)?;
-        if c.sender.is_closed() {
-            p.remove(target);
-            return None;
-        }
-        match c.share() {
-            Some(shared) => Some(shared),
-            None => p.remove(target),
-        }
-    }
-
-    /// Puts an HTTP/1.1 connection back once its response head is in (HTTP/2 ones never left).
+    /// Keeps an HTTP/1.1 connection for the next exchange (HTTP/2 ones stay in the pool).
     fn checkin(&self, target: Target, c: Connection) {
-        if matches!(c.sender, Sender::H1(_)) && !c.sender.is_closed() {
-            if let Ok(mut p) = self.pool.lock() {
-                p.insert(target, c);
-            }
+        if !c.sender.is_h2() {
+            self.shared.pool.put(target, c);
         }
     }
 }
@@ -287,6 +279,7 @@ async fn forward(
         response: None,
         response_body: None,
         connect: None,
+        upstream_tls_version: None,
         upstream_ready: None,
         response_at: None,
         end: None,
@@ -303,6 +296,7 @@ async fn forward(
     };
     x.server.ip = Some(conn.ip);
     x.connect = conn.timings.take();
+    x.upstream_tls_version = conn.tls_version;
     x.upstream_ready = Some(Instant::now());
 
     // Rewrite the request for the upstream's protocol.
@@ -325,7 +319,13 @@ async fn forward(
             .unwrap_or_default();
     } else {
         parts.version = Version::HTTP_11;
-        if matches!(session.route, Route::Fixed { rewrite_host: true, .. }) {
+        if matches!(
+            session.route,
+            Route::Fixed {
+                rewrite_host: true,
+                ..
+            }
+        ) {
             parts.headers.remove(http::header::HOST);
         }
         if !parts.headers.contains_key(http::header::HOST) {

@@ -17,7 +17,6 @@ use crate::upstream::{ConnectError, Connection, Target, UpstreamTls};
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -31,6 +30,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Flips to true when the proxy starts to shut down.
     pub shutdown: watch::Receiver<bool>,
+    /// Upstream connections kept for reuse across client connections.
+    pub pool: crate::upstream::pool::Pool,
     /// Traffic-carrying tasks still running, for the graceful drain.
     pub tracker: Arc<crate::listener::Tracker>,
 }
@@ -80,9 +81,9 @@ pub struct Session {
     pub conn: Arc<ConnInfo>,
     pub tls: Option<Arc<TlsFacts>>,
     pub route: Route,
-    /// Upstream connections this client connection opened, by target. HTTP/1.1 ones are taken
-    /// out while a request is in flight; HTTP/2 ones stay and are shared.
-    pool: Mutex<HashMap<Target, Connection>>,
+    /// A connection opened for this session before its first request (TLS interception
+    /// connects upstream to learn the ALPN); used before the shared pool.
+    reserved: Mutex<Option<(Target, Connection)>>,
     /// Requests received on this connection.
     pub requests: std::sync::atomic::AtomicU64,
 }
@@ -99,15 +100,24 @@ impl Session {
             conn,
             tls,
             route,
-            pool: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(None),
             requests: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
-    /// Seeds the pool with a connection opened before the first request (TLS interception).
+    /// Keeps a connection opened before the first request (TLS interception) for this session.
     pub fn adopt(&self, target: Target, c: Connection) {
-        if let Ok(mut p) = self.pool.lock() {
-            p.insert(target, c);
+        if c.sender.is_h2() {
+            // Shared: other clients of the same target may use it too.
+            let mut c = c;
+            if let Some(shared) = c.share() {
+                self.shared.pool.put(target.clone(), shared);
+            }
+            if let Ok(mut r) = self.reserved.lock() {
+                *r = Some((target, c));
+            }
+        } else if let Ok(mut r) = self.reserved.lock() {
+            *r = Some((target, c));
         }
     }
 }

@@ -61,13 +61,43 @@ pub fn rfc3339_micros(t: SystemTime) -> String {
     )
 }
 
-/// A UUIDv7 whose time part is the record's start, so ids sort by start time.
+/// A UUIDv7 whose time part is the record's start, so ids sort by start time. The random part
+/// comes from a per-thread SplitMix64 stream seeded once from the OS, not a syscall per record.
 fn record_id(start: SystemTime) -> String {
-    let d = start
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut seed = [0u8; 8];
+            // Seeding is best effort: a weak seed still gives unique ids within a process.
+            let _ = getrandom_seed(&mut seed);
+            u64::from_le_bytes(seed) ^ std::process::id() as u64
+        });
+    }
+    let next = || {
+        STATE.with(|s| {
+            let mut z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            s.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        })
+    };
+    let millis = start
         .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let ts = uuid::Timestamp::from_unix(uuid::NoContext, d.as_secs(), d.subsec_nanos());
-    uuid::Uuid::new_v7(ts).to_string()
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&next().to_le_bytes());
+    random[8..].copy_from_slice(&next().to_le_bytes()[..2]);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .to_string()
+}
+
+/// Fills `buf` from the OS's random source.
+fn getrandom_seed(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
 /// Renders a header map as the record's list: one entry per name, repeated fields joined.
@@ -220,7 +250,13 @@ fn http_flow(x: Exchange, redactor: &Redactor) -> Flow {
             port: x.server.port as u32,
             ip: x.server.ip.map(|i| i.to_string()).unwrap_or_default(),
         }),
-        tls: x.tls.as_deref().map(tls_section),
+        tls: x.tls.as_deref().map(|t| {
+            let mut tls = tls_section(t);
+            if let Some(v) = x.upstream_tls_version {
+                tls.server_version = v.to_string();
+            }
+            tls
+        }),
         request: Some(request),
         response,
         error: error_section(x.error),

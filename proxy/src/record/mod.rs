@@ -136,6 +136,8 @@ pub struct Exchange {
     pub response: Option<ResponseHead>,
     pub response_body: Option<BodyFacts>,
     pub connect: Option<ConnectTimings>,
+    /// TLS version of the upstream connection this exchange used.
+    pub upstream_tls_version: Option<&'static str>,
     pub upstream_ready: Option<Instant>,
     pub response_at: Option<Instant>,
     pub end: Option<Instant>,

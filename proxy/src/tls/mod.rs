@@ -83,8 +83,18 @@ where
     if use_client_sni {
         target.sni = sni.clone();
     }
+    // A kept upstream connection whose protocol the client offered: answer the client with it
+    // and skip the upstream handshake (the request then takes that connection from the pool).
+    let kept: Option<Option<Vec<u8>>> = if target.tls {
+        shared.pool.alpn(&target).filter(|alpn| match alpn {
+            Some(p) => upstream_offer.contains(p),
+            None => true,
+        })
+    } else {
+        None
+    };
     // A plain-HTTP upstream (reverse mode) is connected per request; the client may speak h2.
-    let upstream = if target.tls {
+    let upstream = if target.tls && kept.is_none() {
         Some(
             upstream::connect(
                 &shared.upstream_tls,
@@ -105,7 +115,10 @@ where
             .find(|p| p.as_slice() == ALPN_H1)
             .or(upstream_offer.first())
             .cloned(),
-        None => upstream_offer.first().cloned(),
+        None => match kept {
+            Some(alpn) => alpn,
+            None => upstream_offer.first().cloned(),
+        },
     };
 
     let leaf_host = sni.clone().unwrap_or_else(|| host.clone());

@@ -1,6 +1,8 @@
 //! Connections to origin servers: DNS, TCP, TLS (verified against the system roots plus
 //! `--upstream-ca`), then a hyper HTTP/1.1 or HTTP/2 client connection chosen by ALPN.
 
+pub mod pool;
+
 use crate::record::tap::RequestTap;
 use crate::record::ConnectTimings;
 use flowtap_schema::ErrorKind;
@@ -49,6 +51,10 @@ pub enum Sender {
 }
 
 impl Sender {
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+
     pub fn is_closed(&self) -> bool {
         match self {
             Sender::H1(s) => s.is_closed(),
@@ -81,6 +87,14 @@ impl Connection {
             }),
             Sender::H1(_) => None,
         }
+    }
+
+    /// Like [`Connection::share`], but the timings stay with `self` (the exchange that opened it).
+    pub fn share_without_timings(&mut self) -> Option<Connection> {
+        let timings = self.timings.take();
+        let shared = self.share();
+        self.timings = timings;
+        shared
     }
 }
 
@@ -289,7 +303,8 @@ pub async fn connect(
     alpn: &[Vec<u8>],
     timeout: Duration,
 ) -> Result<Connection, ConnectError> {
-    let (tcp, addr, dns, connect) = connect_tcp(&target.host, target.port, target.addr, timeout).await?;
+    let (tcp, addr, dns, connect) =
+        connect_tcp(&target.host, target.port, target.addr, timeout).await?;
     let mut timings = ConnectTimings {
         dns,
         connect,
