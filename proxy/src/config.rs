@@ -283,7 +283,7 @@ pub fn bad(flag: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 fn seconds(flag: &'static str, v: f64) -> Result<Duration, ConfigError> {
-    if !v.is_finite() || v < 0.0 || v > 86_400.0 {
+    if !v.is_finite() || !(0.0..=86_400.0).contains(&v) {
         return Err(bad(
             flag,
             format!("{v} is not a number of seconds between 0 and 86400"),

@@ -112,6 +112,7 @@ fn host_port(a: &Authority, scheme: Scheme) -> (String, u16) {
 }
 
 /// Finds where a request goes and the URL the record shows, or answers it directly.
+#[allow(clippy::result_large_err)] // the error is the response itself, returned at once
 fn resolve(
     session: &Session,
     req: &hyper::Request<Incoming>,
