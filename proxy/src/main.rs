@@ -24,6 +24,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const LEAF_CACHE_HOSTS: usize = 10_000;
 /// Time the writer gets to write what is queued when the proxy stops.
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the runtime gets to drop the tasks still running after the grace period.
+const RUNTIME_STOP_TIMEOUT: Duration = Duration::from_millis(500);
 /// Exit code for a bad command line or configuration (EX_USAGE).
 const EXIT_USAGE: i32 = 64;
 
@@ -164,8 +166,11 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         flowtap::listener::drain(&shared, grace).await;
         anyhow::Ok(())
     })?;
+    // Exchanges still open after the grace period are cut here: dropping their tasks finishes
+    // their records (the taps write them on drop), and only then is the writer flushed.
+    flowtap::record::tap::STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
+    runtime.shutdown_timeout(RUNTIME_STOP_TIMEOUT);
     writer.finish(FINAL_FLUSH_TIMEOUT);
-    runtime.shutdown_timeout(Duration::from_millis(100));
     tracing::info!("stopped");
     Ok(())
 }

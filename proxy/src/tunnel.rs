@@ -40,7 +40,7 @@ impl Activity {
 async fn copy_counted<R, W>(
     mut r: R,
     mut w: W,
-    count: &mut u64,
+    count: &AtomicU64,
     activity: &Activity,
     idle: Duration,
 ) -> io::Result<()>
@@ -51,11 +51,13 @@ where
     let mut buf = vec![0u8; RELAY_BUF];
     loop {
         let n = match tokio::time::timeout(idle, r.read(&mut buf)).await {
-            Ok(n) => n?,
+            Ok(Ok(n)) => n,
+            // A TLS peer that closes without close_notify has still sent everything.
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Ok(Err(e)) => return Err(e),
             // Quiet this way; the relay is idle only if the other way is quiet too.
             Err(_) if activity.idle_for() < idle => continue,
             Err(_) => {
-                let _ = w.shutdown().await;
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("no bytes either way for {idle:?} (--idle-timeout)"),
@@ -68,12 +70,13 @@ where
         }
         activity.touch();
         w.write_all(&buf[..n]).await?;
-        *count += n as u64;
+        count.fetch_add(n as u64, Relaxed);
     }
 }
 
-/// Relays between `client` and `server` until both directions end, or neither moves a byte
-/// for `idle`.
+/// Relays between `client` and `server` until both directions end (one side may half-close
+/// while the other goes on), until either fails (then both are closed at once), or until
+/// neither moves a byte for `idle`.
 pub async fn pump<C, S>(client: C, server: S, idle: Duration) -> Pumped
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -81,17 +84,26 @@ where
 {
     let (cr, cw) = tokio::io::split(client);
     let (sr, sw) = tokio::io::split(server);
-    let (mut up, mut down) = (0u64, 0u64);
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let activity = Activity {
         base: Instant::now(),
         last_ms: AtomicU64::new(0),
     };
-    let (a, b) = tokio::join!(
-        copy_counted(cr, sw, &mut up, &activity, idle),
-        copy_counted(sr, cw, &mut down, &activity, idle)
-    );
+    let a = copy_counted(cr, sw, &up, &activity, idle);
+    let b = copy_counted(sr, cw, &down, &activity, idle);
+    tokio::pin!(a, b);
+    let (ra, rb) = tokio::select! {
+        ra = &mut a => match ra {
+            Ok(()) => (Ok(()), b.await),
+            Err(e) => (Err(e), Ok(())),
+        },
+        rb = &mut b => match rb {
+            Ok(()) => (a.await, Ok(())),
+            Err(e) => (Ok(()), Err(e)),
+        },
+    };
     let timed_out = |r: &io::Result<()>| matches!(r, Err(e) if e.kind() == io::ErrorKind::TimedOut);
-    let error = match (a, b) {
+    let error = match (ra, rb) {
         (a, b) if timed_out(&a) || timed_out(&b) => Some((
             ErrorKind::Limit,
             format!("tunnel idle for {idle:?} (--idle-timeout); closed"),
@@ -100,7 +112,11 @@ where
         (_, Err(e)) => Some((ErrorKind::UpstreamClosed, format!("server side: {e}"))),
         _ => None,
     };
-    Pumped { up, down, error }
+    Pumped {
+        up: up.load(Relaxed),
+        down: down.load(Relaxed),
+        error,
+    }
 }
 
 /// Connects to `target` and relays `client` to it; writes one tunnel record.

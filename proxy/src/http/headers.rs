@@ -2,14 +2,14 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
-/// Headers that describe one hop, never forwarded.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// Headers that describe one hop, never forwarded. (`Trailer` is end to end: it announces
+/// the trailer fields, and hyper only sends declared trailers on HTTP/1.1.)
+const HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
-    header::TRAILER,
 ];
 
 /// Whether the request asks to switch protocols (WebSocket and friends).

@@ -15,6 +15,10 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
+/// Set once the proxy's grace period is over and the exchanges still open are being cut, so
+/// their records say so instead of blaming the client.
+pub static STOPPING: AtomicBool = AtomicBool::new(false);
+
 pub struct RequestTap<B> {
     inner: B,
     facts: Option<BodyFacts>,
@@ -65,7 +69,8 @@ where
                         f.trailers = Some(t.clone());
                     }
                 }
-                if this.inner.is_end_stream() {
+                // Trailers are always the last frame.
+                if frame.is_trailers() || this.inner.is_end_stream() {
                     this.hand_over(None);
                 }
             }
@@ -155,7 +160,8 @@ where
                         b.trailers = Some(t.clone());
                     }
                 }
-                if this.inner.is_end_stream() {
+                // Trailers are always the last frame.
+                if frame.is_trailers() || this.inner.is_end_stream() {
                     this.finish(None);
                 }
             }
@@ -185,10 +191,18 @@ impl<B> Drop for ResponseTap<B> {
     fn drop(&mut self) {
         if self.exchange.is_some() {
             let err = (!self.ended.load(Relaxed)).then(|| {
-                (
-                    ErrorKind::ClientClosed,
-                    "client closed the connection before the response body ended".to_string(),
-                )
+                if STOPPING.load(Relaxed) {
+                    (
+                        ErrorKind::Proxy,
+                        "the proxy stopped before the response body ended (--grace over)"
+                            .to_string(),
+                    )
+                } else {
+                    (
+                        ErrorKind::ClientClosed,
+                        "client closed the connection before the response body ended".to_string(),
+                    )
+                }
             });
             self.finish(err);
         }
