@@ -12,7 +12,7 @@ use crate::record::{ConnInfo, ConnectionRecord, Mode, Record};
 use flowtap_schema::ErrorKind;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -71,17 +71,23 @@ pub async fn serve_client(
 async fn serve_transparent(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
     let conn = ConnInfo::new(client, Mode::Transparent);
     let sock = socket2::SockRef::from(&stream);
-    let local = stream.local_addr().ok();
-    let original = match client {
-        SocketAddr::V4(_) => sock.original_dst_v4(),
-        SocketAddr::V6(_) => sock.original_dst_v6(),
+    let local = stream.local_addr().ok().map(canonical);
+    // By the client's address family, not the socket's: an IPv4 client of a dual-stack `[::]`
+    // listener arrives v4-mapped, and its conntrack entry is IPv4 (SOL_IP works on that socket).
+    let original = match client.ip().to_canonical() {
+        IpAddr::V4(_) => sock.original_dst_v4(),
+        IpAddr::V6(_) => sock.original_dst_v6(),
     }
     .ok()
-    .and_then(|a| a.as_socket());
+    .and_then(|a| a.as_socket())
+    .map(canonical);
     let failure = match original {
         None => Some("no original destination (SO_ORIGINAL_DST): was the connection redirected by iptables/nftables REDIRECT?".to_string()),
         // Not redirected, or redirected back to the proxy: serving it would loop.
-        Some(dst) if Some(dst) == local || shared.config.modes.iter().any(|m| m.listen == dst) => {
+        Some(dst)
+            if Some(dst) == local
+                || shared.config.modes.iter().any(|m| canonical(m.listen) == dst) =>
+        {
             Some(format!("original destination {dst} is the proxy itself; refusing to loop"))
         }
         Some(_) => None,
@@ -104,6 +110,11 @@ async fn serve_transparent(shared: Arc<Shared>, stream: TcpStream, client: Socke
         port: dst.port(),
     };
     inspect(session, stream, entry).await;
+}
+
+/// `addr` with a v4-mapped IPv6 address written as the IPv4 address it is.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 async fn serve_regular(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
