@@ -119,6 +119,7 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let emitter = writer.emitter.clone();
+    let metrics_at_exit = metrics.clone();
     runtime.block_on(async move {
         // Bind everything before serving anything: a bad address fails the start, whole.
         let mut listeners = Vec::with_capacity(config.modes.len());
@@ -171,6 +172,7 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     flowtap::record::tap::STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
     runtime.shutdown_timeout(RUNTIME_STOP_TIMEOUT);
     writer.finish(FINAL_FLUSH_TIMEOUT);
+    output::report_drops(&metrics_at_exit);
     tracing::info!("stopped");
     Ok(())
 }

@@ -413,6 +413,21 @@ fn run(
     }
 }
 
+/// Says, once the proxy stops, how many records were dropped in all (also on /metrics).
+pub fn report_drops(metrics: &Metrics) {
+    let dropped = metrics.records_dropped.load(Relaxed);
+    let written = metrics.records_written.load(Relaxed);
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            written,
+            "records were dropped because the output queue was full"
+        );
+    } else {
+        tracing::info!(written, "all records written");
+    }
+}
+
 /// Cuts captured bodies until the record's JSON line fits in `limit` bytes.
 fn fit_line(flow: &Flow, limit: usize) -> Flow {
     let mut f = flow.clone();

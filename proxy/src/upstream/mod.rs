@@ -374,6 +374,7 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = http1::Builder::new()
+        .max_buf_size(UPSTREAM_MAX_BUF)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| {
@@ -404,6 +405,10 @@ where
     });
     Ok(Sender::H2(sender))
 }
+
+/// Read buffer of an upstream HTTP/1.1 connection: bounds the response head and how much of a
+/// body is read ahead of the client (hyper's default is about 400 KiB per connection).
+const UPSTREAM_MAX_BUF: usize = 64 << 10;
 
 /// HTTP/2 flow-control windows: large enough that a fast download is not held to one round trip
 /// per 64 KiB, small enough that a stalled reader pins at most this much per stream.
