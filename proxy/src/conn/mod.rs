@@ -3,6 +3,7 @@
 
 pub mod detect;
 pub mod prefixed;
+pub mod shared_stream;
 
 use crate::connect::{inspect, Entry};
 use crate::http::forward::handle;
@@ -120,13 +121,8 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 async fn serve_regular(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
     let conn = ConnInfo::new(client, Mode::Regular);
     // A second handle on the socket, to answer 408 after hyper gave up on a slow request head.
-    let (stream, spare) = match split_spare(stream) {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot set up the client socket");
-            return;
-        }
-    };
+    let stream = shared_stream::SharedStream(Arc::new(stream));
+    let spare = stream.clone();
     let session = Session::new(shared.clone(), conn.clone(), None, Route::Forward);
     let ended = serve_http_inner(session.clone(), stream, HttpProtocol::H1).await;
     let idle = session.requests.load(std::sync::atomic::Ordering::Relaxed) > 0;
@@ -156,24 +152,15 @@ async fn serve_regular(shared: Arc<Shared>, stream: TcpStream, client: SocketAdd
         })));
 }
 
-fn split_spare(stream: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
-    let std = stream.into_std()?;
-    let spare = std.try_clone()?;
-    Ok((TcpStream::from_std(std)?, spare))
-}
-
 /// Time allowed to write the 408 before the socket is closed anyway.
 const REPLY_408_TIMEOUT: Duration = Duration::from_secs(1);
 
-async fn answer_408(spare: std::net::TcpStream) {
+async fn answer_408(mut spare: shared_stream::SharedStream) {
     use tokio::io::AsyncWriteExt;
     const REPLY: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 41\r\nconnection: close\r\n\r\nflowtap: the request head took too long.\n";
-    let Ok(mut s) = TcpStream::from_std(spare) else {
-        return;
-    };
     let _ = tokio::time::timeout(REPLY_408_TIMEOUT, async {
-        let _ = s.write_all(REPLY).await;
-        let _ = s.shutdown().await;
+        let _ = spare.write_all(REPLY).await;
+        let _ = spare.shutdown().await;
     })
     .await;
 }
