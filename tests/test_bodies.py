@@ -74,11 +74,11 @@ def test_put_upload_over_h2(proxy, nginx, upload_file):
     assert rec["response"]["status"] == 200
 
 
-@pytest.mark.parametrize("scheme", ["http", "https"])
-def test_100mib_download_bounded_memory(start_proxy, nginx, scheme):
+@pytest.mark.parametrize("scheme,version", [("http", "--http1.1"), ("https", "--http1.1"), ("https", "--http2")])
+def test_100mib_download_bounded_memory(start_proxy, nginx, scheme, version):
     proxy = start_proxy()
     url = nginx.url("/big100m", host="localhost", tls=scheme == "https")
-    argv = ["curl", "-sS", "--max-time", "90", "--proxy", proxy.url, "--cacert", str(proxy.ca_path), url]
+    argv = ["curl", "-sS", "--max-time", "90", version, "--proxy", proxy.url, "--cacert", str(proxy.ca_path), url]
     h = hashlib.sha256()
     n = 0
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env()) as p:
@@ -95,6 +95,7 @@ def test_100mib_download_bounded_memory(start_proxy, nginx, scheme):
     assert rec["response"]["status"] == 200
     assert rec["response"]["body_size"] == BIG_SIZE
     assert rec["response"]["headers"]["content-length"] == str(BIG_SIZE)
+    assert rec["response"]["http_version"] == ("HTTP/2.0" if version == "--http2" else "HTTP/1.1")
     assert "error" not in rec
 
 

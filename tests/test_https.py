@@ -3,6 +3,7 @@ clients, the minted leaf, and ignored hosts relayed untouched."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import ssl
 
@@ -169,3 +170,24 @@ def test_intercepted_host_rejected_with_server_ca_only(proxy, nginx, pki):
     """The converse of the ignored host: intercepted traffic is signed by flowtap, not the server."""
     r = curl("--proxy", proxy.url, "--cacert", pki.server_ca, nginx.url("/small", host="localhost", tls=True))
     assert r.rc == 60, f"expected a certificate error (60), got {r.rc}: {r.err}"
+
+
+def test_https_h2_concurrent_streams(proxy, nginx):
+    """Many requests in flight at once on one HTTP/2 connection: one record each, one connection."""
+    ctx = ssl.create_default_context(cafile=str(proxy.ca_path))
+    urls = [nginx.url(f"/json?stream={i}", host="localhost", tls=True) for i in range(12)]
+
+    async def main():
+        async with httpx.AsyncClient(http2=True, proxy=proxy.url, verify=ctx, trust_env=False,
+                                     timeout=20) as c:
+            # One request first: until ALPN has said h2, httpx opens a connection per request.
+            first = await c.get(urls[0])
+            return [first] + list(await asyncio.gather(*(c.get(u) for u in urls[1:])))
+
+    responses = asyncio.run(main())
+    assert all(r.status_code == 200 and r.http_version == "HTTP/2" for r in responses)
+    recs = proxy.records(len(urls))
+    assert sorted(r["request"]["url"] for r in recs) == sorted(urls)
+    assert len({r["connection_id"] for r in recs}) == 1
+    assert len({r["id"] for r in recs}) == len(urls)
+    assert all(r["response"]["body_size"] == len(JSON_BODY) for r in recs)

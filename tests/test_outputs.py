@@ -45,6 +45,31 @@ def test_text_output(start_proxy, nginx):
     assert not text.lstrip().startswith("{"), "text output is not JSON"
 
 
+def _wait_text(path, needle, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        if needle in text:
+            break
+        time.sleep(0.05)
+    return text
+
+
+def test_text_output_verbose_has_headers(start_proxy, nginx):
+    quiet = start_proxy(name="quiet", more_outputs=["text:{dir}/flows.txt"])
+    loud = start_proxy("-v", name="loud", more_outputs=["text:{dir}/flows.txt"])
+    for p in (quiet, loud):
+        curl("-x", p.url, "-o", "/dev/null", nginx.url("/small")).check()
+        p.record()
+    quiet_text = _wait_text(quiet.workdir / "flows.txt", " << ")
+    loud_text = _wait_text(loud.workdir / "flows.txt", "content-type")
+    header_lines = [l for l in loud_text.splitlines() if l[:1].isspace() and ": " in l]
+    names = {l.strip().split(":", 1)[0].lower() for l in header_lines}
+    assert {"user-agent", "host", "content-type", "content-length"} <= names, loud_text
+    assert "user-agent" not in quiet_text.lower(), quiet_text
+
+
 def test_authorization_is_redacted_everywhere(start_proxy, pyserver):
     proxy = start_proxy(more_outputs=["text:{dir}/flows.txt"])
     url = f"{pyserver.base}/echo"
@@ -98,7 +123,11 @@ def test_connections_active_gauge(proxy, nginx):
     finally:
         for s in socks:
             s.close()
+    # Each /metrics call is a connection of its own (counted while it is served), and the
+    # previous call's connection may still be closing: poll until the gauge settles.
     deadline = time.monotonic() + 3
-    while proxy.metrics()["flowtap_connections_active"] > 1 and time.monotonic() < deadline:
+    seen = proxy.metrics()["flowtap_connections_active"]
+    while seen > 1 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert proxy.metrics()["flowtap_connections_active"] <= 1, "closed connections still counted"
+        seen = proxy.metrics()["flowtap_connections_active"]
+    assert seen <= 1, "closed connections still counted"

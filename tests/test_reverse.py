@@ -169,20 +169,12 @@ def test_reverse_upstream_down_is_a_record(topo, ns_proxy):
     assert rec["request"]["url"] == f"http://{SERVER_NAME}:9/x"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proxy bug: a TLS client that dials the reverse proxy by IP (no SNI) gets a leaf for the "
-    "upstream's host name only, without the IP it dialled, so it cannot verify the proxy"))
 def test_reverse_tls_client_without_sni(topo, rproxy):
     r = topo.curl("--cacert", rproxy.ca_path, f"https://127.0.0.1:{TLS_UP}/small")
     assert r.rc == 0, r.err
     assert r.out == SMALL_BODY
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proxy bug (all modes, regular too): an HTTP/2 client that closes its connection once it has "
-    "Content-Length bytes, while the HTTP/2 upstream's END_STREAM is still to come in a separate "
-    "empty DATA frame (nginx proxy_pass, proxy_buffering off), gets a record with error "
-    "client_closed although it received the whole response; curl does this for a fraction of requests"))
 def test_h2_complete_response_is_not_client_closed(topo, rproxy):
     for i in range(30):
         topo.curl("--http2", "--cacert", rproxy.ca_path, f"https://localhost:{TLS_UP}/echo?i={i}").check()

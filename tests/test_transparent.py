@@ -336,11 +336,6 @@ def test_not_redirected_connection_is_refused(topo, ns_proxy):
     assert not [r for r in proxy.records() if r["kind"] == "http"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proxy bug: a connection looped back by a REDIRECT rule that does not exclude the proxy's uid "
-    "has the real server as its original destination, so the 'original destination is the proxy' "
-    "check does not see it; each hop opens another (thousands of connections, upstream_timeout "
-    "records, EMFILE) instead of one refused record"))
 def test_loop_without_owner_exclusion_is_refused(topo, redirect, ns_proxy):
     """Rules that exclude the wrong uid: the proxy's own upstream connection comes back to it.
     Expected: that connection is refused with a `connection` record naming the loop, and the

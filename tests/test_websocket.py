@@ -4,12 +4,16 @@ the upgraded connection ends, a `tunnel` record with upgrade "websocket" and byt
 from __future__ import annotations
 
 import ssl
+import time
 
 from websockets.sync.client import connect as ws_connect
 
 from support.clients import RawWs
 
 MESSAGES = ["hello", "flowtap " * 20, "ünïcødé ✓"]
+# The server closes TCP right after the closing handshake; the proxy must pass that on at once
+# (the client would otherwise wait for its close timeout, 10 s in `websockets`).
+CLOSE_WITHIN_S = 3.0
 
 
 def _handshake_record(proxy):
@@ -32,6 +36,7 @@ def assert_ws_pair(http_rec, tunnel_rec, *, up_min, down_min):
     assert tunnel_rec["server"]["port"] == http_rec["server"]["port"]
     assert tunnel_rec["bytes_up"] >= up_min, (tunnel_rec["bytes_up"], up_min)
     assert tunnel_rec["bytes_down"] >= down_min, (tunnel_rec["bytes_down"], down_min)
+    assert "error" not in tunnel_rec, f"a clean WebSocket close is no failure: {tunnel_rec['error']}"
 
 
 def _frame_len(payload: bytes, masked: bool) -> int:
@@ -64,6 +69,9 @@ def test_ws_via_connect(proxy, ws_server):
             ws.send(m)
             assert ws.recv(timeout=10) == m
         http_rec = _handshake_record(proxy)
+        t0 = time.monotonic()
+    closed_in = time.monotonic() - t0
+    assert closed_in < CLOSE_WITHIN_S, f"closing the WebSocket took {closed_in:.1f} s through the proxy"
     tunnel = _tunnel_record(proxy)
     assert http_rec["request"]["url"] in (f"http://127.0.0.1:{ws_server.port}/echo",
                                           f"ws://127.0.0.1:{ws_server.port}/echo")
@@ -78,6 +86,9 @@ def test_wss_via_connect_intercepted(proxy, wss_server):
             ws.send(m)
             assert ws.recv(timeout=10) == m
         http_rec = _handshake_record(proxy)
+        t0 = time.monotonic()
+    closed_in = time.monotonic() - t0
+    assert closed_in < CLOSE_WITHIN_S, f"closing the WebSocket took {closed_in:.1f} s through the proxy"
     tunnel = _tunnel_record(proxy)
     assert http_rec["request"]["url"] in (f"https://localhost:{wss_server.port}/echo",
                                           f"wss://localhost:{wss_server.port}/echo")

@@ -113,8 +113,11 @@ pub enum Entry {
     Connect { host: String, port: u16 },
     /// Redirected by the kernel; the client meant `ip:port`.
     Transparent { ip: std::net::IpAddr, port: u16 },
-    /// Everything goes to one upstream.
-    Reverse(ReverseTarget),
+    /// Everything goes to one upstream; `local` is the address the client dialled.
+    Reverse {
+        target: ReverseTarget,
+        local: Option<std::net::IpAddr>,
+    },
 }
 
 /// Reads the first bytes and hands the stream to TLS interception, the HTTP server, or the relay.
@@ -162,9 +165,15 @@ where
                 || sni.as_deref().is_some_and(|s| shared.config.is_ignored(s));
             (t, ignored, true)
         }
-        Entry::Reverse(r) => (Target::new(r.host.clone(), r.port, r.tls), false, false),
+        Entry::Reverse { target: r, .. } => {
+            (Target::new(r.host.clone(), r.port, r.tls), false, false)
+        }
     };
-    let reverse = matches!(entry, Entry::Reverse(_));
+    let reverse = matches!(entry, Entry::Reverse { .. });
+    let no_sni_name = match &entry {
+        Entry::Reverse { local, .. } => local.map(|ip| ip.to_canonical().to_string()),
+        _ => None,
+    };
     match (protocol, ignored) {
         (Protocol::Tls, false) => {
             let plan = crate::tls::Plan {
@@ -176,6 +185,7 @@ where
                 },
                 use_client_sni: plan_sni,
                 rewrite_host: reverse,
+                no_sni_name,
             };
             crate::tls::intercept(shared, conn, io, plan).await
         }

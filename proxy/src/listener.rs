@@ -70,12 +70,12 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     if let Err(why) = shared.config.access.admit(addr.ip()) {
-                        refuse(&shared, stream, addr, why);
+                        refuse(&shared, stream, addr, why, &mode);
                         continue;
                     }
                     let active = shared.metrics.connections_active.load(Relaxed);
                     if active >= shared.config.limits.max_connections as i64 {
-                        refuse(&shared, stream, addr, Refusal::TooManyConnections);
+                        refuse(&shared, stream, addr, Refusal::TooManyConnections, &mode);
                         continue;
                     }
                     let shared = shared.clone();
@@ -122,6 +122,7 @@ fn refuse(
     stream: tokio::net::TcpStream,
     addr: std::net::SocketAddr,
     why: Refusal,
+    mode: &crate::mode::ModeKind,
 ) {
     let (status, kind, reason) = match why {
         Refusal::PublicAddress => (
@@ -142,7 +143,7 @@ fn refuse(
     };
     let message = format!("client {} refused: {reason}", addr.ip());
     tracing::debug!(client = %addr, "{message}");
-    let conn = ConnInfo::new(addr, Mode::Regular);
+    let conn = ConnInfo::new(addr, Mode::of(mode));
     shared
         .emitter
         .send(Record::Connection(Box::new(ConnectionRecord {

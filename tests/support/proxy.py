@@ -85,7 +85,7 @@ def check_record(rec: dict) -> None:
         raise AssertionError(f"record does not match {SCHEMA_PATH.name}: {msgs}\n{json.dumps(rec)}")
     _no_nulls(rec)
     assert rec.get("schema_version") == 1, rec
-    assert rec.get("kind") in ("http", "tunnel"), rec
+    assert rec.get("kind") in ("http", "tunnel", "connection"), rec
     assert UUID7.match(rec.get("id", "")), f"id is not a UUIDv7: {rec.get('id')}"
     assert RFC3339_US.match(rec.get("start", "")), f"start is not RFC 3339 UTC with µs: {rec.get('start')}"
     assert isinstance(rec.get("connection_id"), str) and rec["connection_id"], rec

@@ -62,7 +62,8 @@ pub async fn serve_client(
         ModeKind::Reverse(target) => {
             let conn = ConnInfo::new(client, Mode::Reverse);
             let session = Session::new(shared, conn, None, Route::Forward);
-            inspect(session, stream, Entry::Reverse(target)).await;
+            let local = stream.local_addr().ok().map(|a| a.ip());
+            inspect(session, stream, Entry::Reverse { target, local }).await;
         }
     }
 }
@@ -83,6 +84,12 @@ async fn serve_transparent(shared: Arc<Shared>, stream: TcpStream, client: Socke
     .and_then(|a| a.as_socket())
     .map(canonical);
     let failure = match original {
+        // One of the proxy's own upstream connections, redirected back: the redirect rule lacks
+        // the owner exclusion for the proxy's user. Serving it would loop until descriptors ran out.
+        _ if crate::upstream::tracked::is_own_upstream(client) => Some(format!(
+            "connection from the proxy's own upstream socket {client}: the redirect rule must \
+             exclude the proxy's user (iptables -m owner ! --uid-owner UID); refusing to loop"
+        )),
         None => Some("no original destination (SO_ORIGINAL_DST): was the connection redirected by iptables/nftables REDIRECT?".to_string()),
         // Not redirected, or redirected back to the proxy: serving it would loop.
         Some(dst)

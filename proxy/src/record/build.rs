@@ -119,6 +119,14 @@ pub fn render_headers(map: &HeaderMap) -> Vec<Header> {
     out
 }
 
+/// IPv6 literals without their URL brackets, the same on every path.
+fn bare_host(host: String) -> String {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(inner) => inner.to_string(),
+        None => host,
+    }
+}
+
 fn header_str<'a>(map: &'a HeaderMap, name: &str) -> Option<&'a str> {
     map.get(name).and_then(|v| v.to_str().ok())
 }
@@ -246,7 +254,7 @@ fn http_flow(x: Exchange, redactor: &Redactor) -> Flow {
         connection_id: format!("c-{}", x.conn.id),
         client: Some(endpoint(x.conn.client)),
         server: Some(schema::Server {
-            host: x.server.host,
+            host: bare_host(x.server.host),
             port: x.server.port as u32,
             ip: x.server.ip.map(|i| i.to_string()).unwrap_or_default(),
         }),
@@ -277,7 +285,7 @@ fn tunnel_flow(t: TunnelRecord) -> Flow {
         connection_id: format!("c-{}", t.conn.id),
         client: Some(endpoint(t.conn.client)),
         server: Some(schema::Server {
-            host: t.server.host,
+            host: bare_host(t.server.host),
             port: t.server.port as u32,
             ip: t.server.ip.map(|i| i.to_string()).unwrap_or_default(),
         }),

@@ -23,6 +23,14 @@ pub enum Mode {
 }
 
 impl Mode {
+    pub fn of(kind: &crate::mode::ModeKind) -> Self {
+        match kind {
+            crate::mode::ModeKind::Regular => Mode::Regular,
+            crate::mode::ModeKind::Transparent => Mode::Transparent,
+            crate::mode::ModeKind::Reverse(_) => Mode::Reverse,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Regular => "regular",

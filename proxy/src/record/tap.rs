@@ -187,10 +187,28 @@ where
     }
 }
 
+impl<B> ResponseTap<B> {
+    /// A client may stop reading once it has `content-length` bytes, before the upstream's
+    /// end-of-stream arrives (HTTP/2 sends it in a frame of its own): that exchange is complete.
+    fn all_declared_bytes_seen(&self) -> bool {
+        let Some(x) = self.exchange.as_ref() else {
+            return false;
+        };
+        let declared = x
+            .response
+            .as_ref()
+            .and_then(|r| r.headers.get(http::header::CONTENT_LENGTH))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let seen = x.response_body.as_ref().map(|b| b.capture.size());
+        declared.is_some() && declared == seen
+    }
+}
+
 impl<B> Drop for ResponseTap<B> {
     fn drop(&mut self) {
         if self.exchange.is_some() {
-            let err = (!self.ended.load(Relaxed)).then(|| {
+            let err = (!self.ended.load(Relaxed) && !self.all_declared_bytes_seen()).then(|| {
                 if STOPPING.load(Relaxed) {
                     (
                         ErrorKind::Proxy,

@@ -36,6 +36,8 @@ pub struct Plan {
     pub use_client_sni: bool,
     /// Reverse mode: Host rewritten to the upstream's name.
     pub rewrite_host: bool,
+    /// Name for the leaf when the client sends no SNI (reverse mode: the address it dialled).
+    pub no_sni_name: Option<String>,
 }
 
 pub async fn intercept<IO>(shared: Arc<Shared>, conn: Arc<ConnInfo>, io: IO, plan: Plan)
@@ -46,6 +48,7 @@ where
         mut target,
         use_client_sni,
         rewrite_host,
+        no_sni_name,
     } = plan;
     let host = target.host.clone();
     let port = target.port;
@@ -86,10 +89,7 @@ where
     // A kept upstream connection whose protocol the client offered: answer the client with it
     // and skip the upstream handshake (the request then takes that connection from the pool).
     let kept: Option<Option<Vec<u8>>> = if target.tls {
-        shared.pool.alpn(&target).filter(|alpn| match alpn {
-            Some(p) => upstream_offer.contains(p),
-            None => true,
-        })
+        shared.pool.alpn(&target, &upstream_offer)
     } else {
         None
     };
@@ -121,7 +121,10 @@ where
         },
     };
 
-    let leaf_host = sni.clone().unwrap_or_else(|| host.clone());
+    let leaf_host = sni
+        .clone()
+        .or(no_sni_name)
+        .unwrap_or_else(|| host.clone());
     let config = match shared
         .leaves
         .server_config(&leaf_host, chosen.as_deref())

@@ -2,6 +2,7 @@
 //! `--upstream-ca`), then a hyper HTTP/1.1 or HTTP/2 client connection chosen by ALPN.
 
 pub mod pool;
+pub mod tracked;
 
 use crate::record::tap::RequestTap;
 use crate::record::ConnectTimings;
@@ -70,6 +71,8 @@ pub struct Connection {
     /// Taken by the first exchange on the connection, which is the one that paid for it.
     pub timings: Option<ConnectTimings>,
     pub alpn: Option<Vec<u8>>,
+    /// The ALPN protocols offered when it was opened (what `alpn` was chosen from).
+    pub offered: Vec<Vec<u8>>,
     pub tls_version: Option<&'static str>,
 }
 
@@ -83,6 +86,7 @@ impl Connection {
                 ip: self.ip,
                 timings: self.timings.take(),
                 alpn: self.alpn.clone(),
+                offered: self.offered.clone(),
                 tls_version: self.tls_version,
             }),
             Sender::H1(_) => None,
@@ -206,7 +210,7 @@ pub async fn connect_tcp(
     port: u16,
     addr: Option<IpAddr>,
     timeout: Duration,
-) -> Result<(TcpStream, SocketAddr, Option<Duration>, Duration), ConnectError> {
+) -> Result<(tracked::Tracked, SocketAddr, Option<Duration>, Duration), ConnectError> {
     let deadline = Instant::now() + timeout;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let (addrs, dns) = match addr.or_else(|| bare.parse::<IpAddr>().ok()) {
@@ -251,7 +255,7 @@ pub async fn connect_tcp(
             }
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                return Ok((s, addr, dns, t0.elapsed()));
+                return Ok((tracked::Tracked::new(s), addr, dns, t0.elapsed()));
             }
             Ok(Err(e)) => last = Some((addr, e)),
         }
@@ -317,6 +321,7 @@ pub async fn connect(
             ip: addr.ip(),
             timings: Some(timings),
             alpn: None,
+            offered: Vec::new(),
             tls_version: None,
         });
     }
@@ -365,6 +370,7 @@ pub async fn connect(
         ip: addr.ip(),
         timings: Some(timings),
         alpn: negotiated,
+        offered: alpn.to_vec(),
         tls_version: version,
     })
 }

@@ -50,19 +50,22 @@ impl Pool {
         Some(entry.idle.swap_remove(ready).1)
     }
 
-    /// The protocol a kept connection to `target` speaks (`None` inside: no ALPN), if any is
-    /// kept, so an intercepted client can be answered without an upstream handshake.
-    pub fn alpn(&self, target: &Target) -> Option<Option<Vec<u8>>> {
+    /// The protocol the server chose (`None` inside: no ALPN) for a kept connection to
+    /// `target` that was opened with the same `offer`, so an intercepted client offering the
+    /// same can be answered without an upstream handshake, and gets what the server would pick.
+    pub fn alpn(&self, target: &Target, offer: &[Vec<u8>]) -> Option<Option<Vec<u8>>> {
         let map = self.targets.lock().ok()?;
         let entry = map.get(target)?;
-        if let Some(c) = entry.shared.as_ref().filter(|c| !c.sender.is_closed()) {
+        let usable = |c: &&Connection| !c.sender.is_closed() && c.offered == offer;
+        if let Some(c) = entry.shared.as_ref().filter(usable) {
             return Some(c.alpn.clone());
         }
         entry
             .idle
             .iter()
-            .find(|(_, c)| !c.sender.is_closed())
-            .map(|(_, c)| c.alpn.clone())
+            .map(|(_, c)| c)
+            .find(usable)
+            .map(|c| c.alpn.clone())
     }
 
     /// Keeps a connection after an exchange (HTTP/1.1), or when it is opened (HTTP/2).
