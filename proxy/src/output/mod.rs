@@ -374,6 +374,8 @@ fn run(
                 None
             };
         }
+        // A full batch means the queue is backing up: take the next one at once.
+        let behind = batch.len() >= BATCH_RECORDS;
         if !batch.is_empty() {
             for out in outputs.iter_mut() {
                 out.write(&batch);
@@ -392,7 +394,7 @@ fn run(
         for ack in acks {
             let _ = ack.try_send(());
         }
-        if !flushed {
+        if !flushed && !behind {
             std::thread::sleep(BATCH_PAUSE);
         }
         if last_report.elapsed() >= DROP_REPORT_EVERY {
