@@ -28,7 +28,7 @@ pub struct Args {
     /// Address for /metrics and /healthz (plain HTTP).
     #[arg(long, env = "FLOWTAP_COLLECTOR_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN, value_name = "ADDR")]
     pub admin_listen: SocketAddr,
-    /// Where records go (repeatable): jsonl:DIR, stdout, loki:URL, elasticsearch:URL.
+    /// Where records go (repeatable): jsonl:DIR, stdout, loki:URL, elasticsearch:URL, otlp[:URL].
     #[arg(
         long = "sink",
         env = "FLOWTAP_COLLECTOR_SINK",
@@ -101,6 +101,9 @@ pub struct Args {
     /// (and counted) rather than slow the others.
     #[arg(long, env = "FLOWTAP_COLLECTOR_SINK_QUEUE", default_value_t = DEFAULT_SINK_QUEUE, value_name = "RECORDS")]
     pub sink_queue: usize,
+    /// The `otlp` sink: the proxy's `--otlp-*` flags and the standard `OTEL_*` variables.
+    #[command(flatten)]
+    pub otlp: flowtap::output::otlp::OtlpArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -130,6 +133,7 @@ pub struct Config {
     pub es_api_key: Option<String>,
     pub sink_ca: Option<Vec<u8>>,
     pub sink_queue: usize,
+    pub otlp: flowtap::output::otlp::OtlpArgs,
 }
 
 /// A configuration problem, naming the flag it came from.
@@ -229,6 +233,7 @@ impl Config {
             es_api_key: a.es_api_key,
             sink_ca,
             sink_queue: a.sink_queue,
+            otlp: a.otlp,
         })
     }
 }

@@ -83,9 +83,16 @@ pub struct QueuedSink {
     pub stats: Arc<SinkStats>,
 }
 
+/// The handle on a sink that takes whole deliveries on a thread of its own (OTLP).
+pub struct OutputSink {
+    pub tx: std::sync::mpsc::SyncSender<Arc<Delivery>>,
+    pub stats: Arc<SinkStats>,
+}
+
 pub struct Hub {
     pub acking: Vec<AckingSink>,
     pub queued: Vec<QueuedSink>,
+    pub outputs: Vec<OutputSink>,
     /// Set at shutdown: submissions fail from then on.
     pub closed: bool,
 }
@@ -127,6 +134,16 @@ impl Hub {
                 }
             }
         }
+        for o in &self.outputs {
+            match o.tx.try_send(delivery.clone()) {
+                Ok(()) => {
+                    o.stats
+                        .queued
+                        .fetch_add(delivery.len() as i64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(_) => SinkStats::add(&o.stats.dropped_queue_full, delivery.len()),
+            }
+        }
         let mut waits = Vec::with_capacity(self.acking.len());
         for s in &self.acking {
             let (done, rx) = oneshot::channel();
@@ -147,6 +164,7 @@ impl Hub {
     pub fn close(&mut self) {
         self.closed = true;
         self.queued.clear();
+        self.outputs.clear();
         self.acking.clear();
     }
 }

@@ -12,7 +12,7 @@
 //! ingest    the gRPC service: token check, one task per stream, acks in batch order
 //! dedup     recently written record ids (seeded from the files at start-up)
 //! hub       one submission per batch to every sink; acking sinks complete in order
-//! sinks     files (jsonl:DIR, rotated, fsynced), stdout, loki:URL, elasticsearch:URL
+//! sinks     files (jsonl:DIR, rotated, fsynced), stdout, loki:URL, elasticsearch:URL, otlp
 //! admin     /metrics (Prometheus text) and /healthz
 //! ```
 

@@ -7,6 +7,7 @@
 //! http           the HTTPS client of the network sinks (rustls, ring)
 //! loki           loki:URL             Loki push API
 //! elasticsearch  elasticsearch:URL    _bulk into a data stream, documents from ecs
+//! otlp           otlp, otlp:URL       spans, by the proxy's own OTLP exporter
 //! ```
 
 pub mod ecs;
@@ -14,11 +15,12 @@ pub mod elasticsearch;
 pub mod files;
 pub mod http;
 pub mod loki;
+pub mod otlp;
 pub mod queued;
 pub mod stdout;
 
 use crate::config::Config;
-use crate::hub::{AckingSink, Hub, QueuedSink};
+use crate::hub::{AckingSink, Hub, OutputSink, QueuedSink};
 use crate::metrics::Metrics;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +31,8 @@ pub enum SinkKind {
     Stdout,
     Loki(String),
     Elasticsearch(String),
+    /// The OTLP endpoint, when given in the spec (else from --otlp-endpoint / OTEL_*).
+    Otlp(Option<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +42,7 @@ pub struct SinkSpec {
     pub raw: String,
 }
 
-const SPEC_HELP: &str = "expected jsonl:DIR, stdout, loki:URL or elasticsearch:URL";
+const SPEC_HELP: &str = "expected jsonl:DIR, stdout, loki:URL, elasticsearch:URL, otlp or otlp:URL";
 
 impl SinkSpec {
     pub fn parse(s: &str) -> Result<SinkSpec, String> {
@@ -63,6 +67,8 @@ impl SinkSpec {
             ("stdout", None) => SinkKind::Stdout,
             ("loki", r) => SinkKind::Loki(url(r)?),
             ("elasticsearch" | "es", r) => SinkKind::Elasticsearch(url(r)?),
+            ("otlp", None) => SinkKind::Otlp(None),
+            ("otlp", r) => SinkKind::Otlp(Some(url(r)?)),
             _ => return Err(format!("{s:?}: {SPEC_HELP}")),
         };
         Ok(SinkSpec {
@@ -82,6 +88,7 @@ impl SinkSpec {
             SinkKind::Stdout => "stdout",
             SinkKind::Loki(_) => "loki",
             SinkKind::Elasticsearch(_) => "elasticsearch",
+            SinkKind::Otlp(_) => "otlp",
         };
         if index_of_kind == 0 {
             base.to_string()
@@ -106,6 +113,7 @@ pub fn start(config: &Config, metrics: &Arc<Metrics>) -> Result<Started, String>
         hub: Hub {
             acking: Vec::new(),
             queued: Vec::new(),
+            outputs: Vec::new(),
             closed: false,
         },
         existing_files: Vec::new(),
@@ -161,6 +169,12 @@ pub fn start(config: &Config, metrics: &Arc<Metrics>) -> Result<Started, String>
                 started.tasks.push(task);
                 started.hub.queued.push(QueuedSink { tx, stats });
             }
+            SinkKind::Otlp(url) => {
+                let (tx, thread) =
+                    otlp::start(url.as_deref(), &config.otlp, stats.clone()).map_err(ctx)?;
+                started.threads.push(thread);
+                started.hub.outputs.push(OutputSink { tx, stats });
+            }
         }
     }
     Ok(started)
@@ -187,6 +201,14 @@ mod tests {
         assert_eq!(
             SinkSpec::parse("elasticsearch:https://es:9200").map(|s| s.kind),
             Ok(SinkKind::Elasticsearch("https://es:9200".into()))
+        );
+        assert_eq!(
+            SinkSpec::parse("otlp").map(|s| s.kind),
+            Ok(SinkKind::Otlp(None))
+        );
+        assert_eq!(
+            SinkSpec::parse("otlp:http://otel:4317").map(|s| s.kind),
+            Ok(SinkKind::Otlp(Some("http://otel:4317".into())))
         );
         assert!(SinkSpec::parse("loki:loki:3100").is_err());
         assert!(SinkSpec::parse("jsonl").is_err());
