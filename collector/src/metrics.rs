@@ -37,8 +37,6 @@ pub struct SinkStats {
     pub dropped_queue_full: AtomicU64,
     /// Refused by the sink for good (a 4xx other than 429, a mapping conflict): logged.
     pub rejected: AtomicU64,
-    /// Left in the queue when the collector stopped.
-    pub dropped_shutdown: AtomicU64,
     pub retries: AtomicU64,
     pub queued: AtomicI64,
     /// False while the sink's last attempt failed.
@@ -53,7 +51,6 @@ impl SinkStats {
             already_present: AtomicU64::new(0),
             dropped_queue_full: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
-            dropped_shutdown: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             queued: AtomicI64::new(0),
             up: AtomicBool::new(true),
@@ -196,7 +193,6 @@ impl Metrics {
             for (reason, c) in [
                 ("queue_full", &s.dropped_queue_full),
                 ("rejected", &s.rejected),
-                ("shutdown", &s.dropped_shutdown),
             ] {
                 sample(
                     &mut out,

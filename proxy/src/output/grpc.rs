@@ -329,3 +329,44 @@ impl Output for CollectorOutput {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn flags_fit_the_proxy_command_line() {
+        // Panics on a flag or environment name used twice anywhere in the CLI.
+        crate::config::Cli::command().debug_assert();
+        let cli = crate::config::Cli::parse_from([
+            "flowtap",
+            "proxy",
+            "--output",
+            "grpc://collector:9700",
+            "--name",
+            "pod-a",
+            "--buffer",
+            "8MiB",
+            "--collector-token",
+            "t0ken",
+        ]);
+        let crate::config::Command::Proxy(args) = cli.command else {
+            panic!("not the proxy command");
+        };
+        assert_eq!(args.collector.name.as_deref(), Some("pod-a"));
+        assert_eq!(args.collector.buffer, "8MiB");
+        assert_eq!(args.collector.spool_limit, DEFAULT_SPOOL_LIMIT);
+        let shown = format!("{:?}", args.collector);
+        assert!(!shown.contains("t0ken"), "{shown}");
+    }
+
+    #[test]
+    fn tls_host_from_address() {
+        assert!(tls_config("collector.ns.svc:9700", None).is_ok());
+        assert!(tls_config("[::1]:9700", None).is_ok());
+        let missing = Path::new("/nonexistent/ca.pem");
+        let e = tls_config("collector:9700", Some(missing)).unwrap_err();
+        assert!(e.starts_with("--collector-ca"), "{e}");
+    }
+}
