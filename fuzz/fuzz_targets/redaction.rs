@@ -26,7 +26,8 @@ const NAMES: [&str; 9] = [
 /// Every fixed text the planted credentials and their redacted forms are made of.
 const TEMPLATES: &str = "AWS4-HMAC-SHA256 Credential=/20240101/eu-west-3/s3/aws4_request, \
     SignedHeaders=host;x-amz-date, Signature=<redacted> Basic Bearer Digest response= \
-    <redacted user= len= sha256=> a=b; sid= Path=/ https://h.example/p?u=&token=&X-Amz-Signature=";
+    <redacted user= len= sha256=> a=b; sid= Path=/ https://h.example/p?u=&token=&X-Amz-Signature= \
+    %3Credacted%20len%3D%20sha256%3D%3E";
 
 fn redactors() -> &'static [Redactor; 2] {
     static R: OnceLock<[Redactor; 2]> = OnceLock::new();
