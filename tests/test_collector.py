@@ -164,3 +164,45 @@ def test_bad_flags_are_named(tmp_path):
                            env=clean_env(), cwd=tmp_path)
         assert p.returncode == code, f"{args}: exit {p.returncode}: {p.stderr}"
         assert flag in p.stderr, f"{args}: the message does not name {flag}: {p.stderr}"
+
+
+def test_traffic_never_waits_for_the_collector(start_proxy, nginx):
+    """A collector that accepts connections and never answers (a hung process, a black hole):
+    the proxy's exchanges go on at full speed and its own file keeps every record."""
+    import socket
+    import threading
+    import time
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)
+    accepted = []
+    stop = threading.Event()
+
+    def accept_and_hold():
+        hung.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(hung.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept_and_hold, daemon=True)
+    t.start()
+    try:
+        proxy = start_proxy("--name", "patient", more_outputs=[f"grpc://127.0.0.1:{hung.getsockname()[1]}"])
+        started = time.monotonic()
+        statuses = get_through(proxy, [nginx.url(f"/small?hung={i}") for i in range(200)])
+        elapsed = time.monotonic() - started
+        assert statuses == [200] * 200
+        assert len(proxy.records(200)) == 200
+        assert accepted, "the proxy did try the collector"
+        assert elapsed < 20, f"200 requests took {elapsed:.1f}s"
+        assert proxy.stop() == 0
+        assert "records not delivered" in proxy.stderr_text()
+    finally:
+        stop.set()
+        t.join()
+        for s in accepted:
+            s.close()
+        hung.close()

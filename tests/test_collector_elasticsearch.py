@@ -154,3 +154,27 @@ def test_contract_server_answers_as_documented(es_server):
     assert r.json()["items"][0]["create"]["error"]["type"] == "document_parsing_exception"
     assert len(es.violations) == 4, es.violations
     assert json.loads(requests.get(f"{es.url}/{STREAM}/_count", timeout=10).text)["count"] == 1
+
+
+def test_a_failing_sink_does_not_stall_the_others(start_proxy, start_collector, nginx, es_server):
+    """Elasticsearch answers 429 to everything: its small queue fills and drops (counted), while
+    the files get every record and the proxy's batches are acknowledged as usual."""
+    es = es_server(script=["429"] * 10_000)
+    collector = start_collector(sinks=["jsonl:{records}", f"elasticsearch:{es.url}"],
+                                args=["--sink-queue", "3"])
+    proxy = start_proxy("--name", "busy", more_outputs=[collector.grpc_url])
+    for i in range(20):
+        get_through(proxy, [nginx.url(f"/small?busy={i}")])
+    assert len(collector.wait_records(20)) == 20
+    wait_until(lambda: collector.metric("flowtap_collector_records_dropped_total",
+                                        sink="elasticsearch", reason="queue_full") > 0, 10,
+               "the Elasticsearch queue to overflow")
+    wait_until(lambda: collector.metric("flowtap_collector_sink_retries_total",
+                                        sink="elasticsearch") >= 2, 10, "Elasticsearch to be retried")
+    assert collector.metric("flowtap_collector_records_written_total", sink="jsonl") == 20
+    assert collector.metric("flowtap_collector_records_written_total", sink="elasticsearch") == 0
+    assert collector.metric("flowtap_collector_sink_up", sink="elasticsearch") == 0
+    assert collector.get("/healthz") == (200, b"ok\n"), "a network sink's outage is not the collector's"
+    assert proxy.stop() == 0
+    assert "all records delivered dropped=0" in proxy.stderr_text()
+    assert es.documents() == []
