@@ -57,11 +57,9 @@ def test_header_too_large_431(start_proxy, nginx, pyserver, limit, size):
 # Proxy bug (reported to the lead): --max-header-size only sets hyper's read-buffer cap (at least
 # 8 KiB, and reads may go past it), so heads somewhat over the limit pass. strict xfail: remove the
 # marks once fixed.
-_HEAD_LIMIT_BUG = pytest.mark.xfail(strict=True, reason="proxy bug: --max-header-size is not the head limit")
 
 
-@pytest.mark.parametrize("limit,size", [pytest.param("4KiB", 6_000, marks=_HEAD_LIMIT_BUG),
-                                        pytest.param("64KiB", 70_000, marks=_HEAD_LIMIT_BUG)])
+@pytest.mark.parametrize("limit,size", [("4KiB", 6_000), ("64KiB", 70_000)])
 def test_max_header_size_is_the_limit(start_proxy, nginx, limit, size):
     """The flag says "larger ones get 431": a head a little over the limit is refused too (not
     only one over hyper's read buffer, which is at least 8 KiB and may grow past the limit)."""
@@ -385,7 +383,7 @@ def test_too_many_headers_inside_tls_431(start_proxy, nginx):
     assert_serves_https(p, nginx)
 
 
-@pytest.mark.xfail(strict=True, reason="proxy gap: limits broken inside an intercepted tunnel leave no record")
+
 def test_too_many_headers_inside_tls_is_recorded(start_proxy, nginx):
     p = start_proxy("--max-headers", "20")
     with _tls_tunnel(p, nginx) as tls:
@@ -412,7 +410,7 @@ def test_slow_request_head_inside_tls(start_proxy, nginx):
     assert_serves_https(p, nginx)
 
 
-@pytest.mark.xfail(strict=True, reason="proxy gap: a rapid-reset GOAWAY on an intercepted connection leaves no record")
+
 def test_h2_rapid_reset_is_recorded(start_proxy, nginx):
     """The flood ends with GOAWAY (ENHANCE_YOUR_CALM, "too_many_resets") but today no record at
     all is written, so the attack is invisible in the record stream."""

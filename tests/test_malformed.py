@@ -54,18 +54,11 @@ def test_malformed_request_400_and_record(start_proxy, nginx, head):
     "localhost:http",
     "[::1]",
     ":443",                      # no host
-    # Proxy bug (reported to the lead): the tunnel record's server.host and error.message repeat
-    # the target verbatim, password included. strict xfail: remove the mark once fixed.
-    pytest.param("alice:s3cr3t@localhost:443", id="userinfo", marks=pytest.mark.xfail(
-        strict=True, reason="proxy bug: a CONNECT target's password is written into the record")),
+    pytest.param("alice:s3cr3t@localhost:443", id="userinfo"),
     "%zz:443",
     "a..b::c:443",
-    # Proxy bug (found by the connect_target fuzz target, reported): brackets that are not an
-    # IPv6 literal pass parse_target (the http crate's authority parser is lenient) and get 200.
-    pytest.param("-[::1]:8443", id="stray-brackets", marks=pytest.mark.xfail(
-        strict=True, reason="proxy bug: parse_target accepts hosts like '-['")),
-    pytest.param("a[b]:80", id="brackets-in-name", marks=pytest.mark.xfail(
-        strict=True, reason="proxy bug: parse_target accepts hosts like 'a[b]'")),
+    pytest.param("-[::1]:8443", id="stray-brackets"),
+    pytest.param("a[b]:80", id="brackets-in-name"),
 ])
 def test_invalid_connect_target_400(start_proxy, nginx, target):
     p = start_proxy()

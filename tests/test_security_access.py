@@ -113,7 +113,6 @@ def test_allowed_loopback_address_served_while_another_is_refused(request, start
 
 # Proxy bug (reported to the lead): Cidr::parse keeps an IPv4-mapped range as IPv6 while client
 # addresses are compared in canonical (IPv4) form, so the range matches nobody. strict xfail.
-@pytest.mark.xfail(strict=True, reason="proxy bug: --allow-clients ::ffff:a.b.c.d/N matches no client")
 def test_ipv4_mapped_allow_clients_range(request, start_proxy, pki, tmp_path, nginx):
     p = _start(request, pki, tmp_path, _AnyAnswer, "--allow-clients", "::ffff:127.0.0.0/104")
     assert_serves(p, nginx)

@@ -273,7 +273,6 @@ def test_query_tokens_are_fingerprinted_and_traffic_untouched(start_proxy, pyser
 # Proxy bug (reported to the lead): the record's request.url keeps the userinfo of an
 # absolute-form target, password included. strict: the test fails once the bug is fixed, to
 # remove this mark.
-@pytest.mark.xfail(strict=True, reason="proxy bug: request.url records http://user:PASSWORD@host/")
 def test_url_userinfo_password_never_recorded(start_proxy, nginx):
     """A client may put credentials in an absolute-form URL (`http://user:pass@host/`); the
     record must not carry the password."""
@@ -374,7 +373,6 @@ def test_failed_exchange_leaks_nothing(start_proxy, nginx):
 
 # Proxy bug (reported to the lead): forward.rs logs `exchange failed ... url=` with the URL as
 # sent, query tokens included, at debug level. strict xfail: remove once fixed.
-@pytest.mark.xfail(strict=True, reason="proxy bug: debug log 'exchange failed' prints the unredacted URL")
 def test_failed_exchange_debug_log_leaks_nothing(start_proxy, nginx):
     p = start_proxy(env={"RUST_LOG": "debug"})
     assert_nowhere(p, *_failed_exchanges(p, nginx))

@@ -64,6 +64,16 @@ impl Cidr {
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
         };
+        // An IPv4-mapped range (::ffff:a.b.c.d/96+) is the IPv4 range it maps: clients are
+        // compared in their canonical (IPv4) form.
+        if let IpAddr::V6(v6) = addr {
+            if let (Some(v4), true) = (v6.to_ipv4_mapped(), prefix >= 96) {
+                return Ok(Cidr {
+                    addr: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                });
+            }
+        }
         Ok(Cidr { addr, prefix })
     }
 
@@ -218,6 +228,9 @@ mod tests {
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
         assert!(Cidr::parse("::1").unwrap().contains(ip("::1")));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("::ffff:127.0.0.0/104")
+            .unwrap()
+            .contains(ip("127.0.0.1")));
         assert!(Cidr::parse("nonsense").is_err());
     }
 

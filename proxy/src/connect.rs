@@ -23,22 +23,54 @@ const PEEK_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Bytes read to decide the protocol; a ClientHello usually arrives whole in the first read.
 const PEEK_BYTES: usize = 4096;
 
-/// Parses a CONNECT target: `host:port`, `[v6]:port`; the port is required.
+/// Parses a CONNECT target: `host:port` or `[v6]:port`, the port required. The host must be
+/// an IP literal or a DNS name (letters, digits, `-`, `_`, `.`); userinfo is refused.
+/// Errors never repeat a userinfo part (it may hold a password).
 pub fn parse_target(authority: &str) -> Result<(String, u16), String> {
+    let shown = without_userinfo(authority);
+    if authority.contains('@') {
+        return Err(format!(
+            "CONNECT target {shown:?} must not carry user information"
+        ));
+    }
     let a: http::uri::Authority = authority
         .parse()
-        .map_err(|_| format!("invalid CONNECT target {authority:?}"))?;
+        .map_err(|_| format!("invalid CONNECT target {shown:?}"))?;
     let port = a
         .port_u16()
-        .ok_or_else(|| format!("CONNECT target {authority:?} has no port"))?;
+        .ok_or_else(|| format!("CONNECT target {shown:?} has no port"))?;
     if port == 0 {
-        return Err(format!("CONNECT target {authority:?} has port 0"));
+        return Err(format!("CONNECT target {shown:?} has port 0"));
     }
     let host = a.host();
-    if host.is_empty() || a.as_str().contains('@') {
-        return Err(format!("invalid CONNECT target {authority:?}"));
+    let valid = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => is_dns_name_or_ipv4(host),
+    };
+    if !valid {
+        return Err(format!(
+            "CONNECT target {shown:?}: {host:?} is not a host name or IP address"
+        ));
     }
     Ok((host.to_string(), port))
+}
+
+fn is_dns_name_or_ipv4(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// The authority with any `user:password@` removed, for messages and records.
+pub fn without_userinfo(authority: &str) -> &str {
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
 }
 
 pub async fn handle(session: Arc<Session>, req: hyper::Request<Incoming>) -> Response {
@@ -50,7 +82,8 @@ pub async fn handle(session: Arc<Session>, req: hyper::Request<Incoming>) -> Res
     let (host, port) = match parse_target(&authority) {
         Ok(t) => t,
         Err(msg) => {
-            record_tunnel_error(&session, &authority, 0, ErrorKind::Protocol, &msg, None);
+            let shown = without_userinfo(&authority);
+            record_tunnel_error(&session, shown, 0, ErrorKind::Protocol, &msg, None);
             return plain(StatusCode::BAD_REQUEST, format!("flowtap: {msg}\n"));
         }
     };
@@ -256,5 +289,11 @@ mod tests {
         assert!(parse_target("user@example.com:443").is_err());
         assert!(parse_target("").is_err());
         assert!(parse_target("a b:1").is_err());
+        assert!(parse_target("-[::1]:8443").is_err());
+        assert!(parse_target("a[b]:80").is_err());
+        assert!(parse_target("[not-v6]:80").is_err());
+        assert!(parse_target("my_host.internal:8080").is_ok());
+        let e = parse_target("alice:s3cr3t@localhost:443").unwrap_err();
+        assert!(!e.contains("s3cr3t"), "{e}");
     }
 }

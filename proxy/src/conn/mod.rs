@@ -44,6 +44,8 @@ pub enum Ended {
     TooLarge(String),
     /// Unparsable request (hyper answered 400 itself).
     Malformed(String),
+    /// HTTP/2: the proxy sent GOAWAY because the client broke a limit (reset flood).
+    GoAway(String),
     /// Anything else: resets, I/O errors.
     Other(String),
 }
@@ -132,28 +134,41 @@ async fn serve_regular(shared: Arc<Shared>, stream: TcpStream, client: SocketAdd
     let spare = stream.clone();
     let session = Session::new(shared.clone(), conn.clone(), None, Route::Forward);
     let ended = serve_http_inner(session.clone(), stream, HttpProtocol::H1).await;
-    let idle = session.requests.load(std::sync::atomic::Ordering::Relaxed) > 0;
+    if matches!(ended, Ended::HeaderTimeout) && first_request(&session) {
+        answer_408(spare).await;
+    }
+    record_ended(&session, ended);
+}
+
+fn first_request(session: &Session) -> bool {
+    session.requests.load(std::sync::atomic::Ordering::Relaxed) == 0
+}
+
+/// Writes a connection record when a client connection ended on a limit or bad input outside
+/// any exchange (hyper answered it itself: 431, 400; or 408 above; or GOAWAY on HTTP/2).
+fn record_ended(session: &Session, ended: Ended) {
+    let timeout = session.shared.config.limits.request_header_timeout;
     let (kind, message) = match ended {
-        Ended::Fine | Ended::Other(_) => return,
-        // A keep-alive connection that sat idle after its requests: closing it is routine.
-        Ended::HeaderTimeout if idle => return,
-        Ended::HeaderTimeout => {
-            answer_408(spare).await;
-            (
-                ErrorKind::Limit,
-                format!(
-                    "no complete request head within {:?} (--request-header-timeout); answered 408",
-                    shared.config.limits.request_header_timeout
-                ),
-            )
+        Ended::Fine => return,
+        Ended::Other(e) => {
+            tracing::debug!(conn = session.conn.id, error = %e, "client connection ended with an error");
+            return;
         }
+        // A keep-alive connection that sat idle after its requests: closing it is routine.
+        Ended::HeaderTimeout if !first_request(session) => return,
+        Ended::HeaderTimeout => (
+            ErrorKind::Limit,
+            format!("no complete request head within {timeout:?} (--request-header-timeout); answered 408"),
+        ),
         Ended::TooLarge(m) => (ErrorKind::Limit, format!("{m}; answered 431")),
         Ended::Malformed(m) => (ErrorKind::Protocol, format!("{m}; answered 400")),
+        Ended::GoAway(m) => (ErrorKind::Limit, m),
     };
-    shared
+    session
+        .shared
         .emitter
         .send(Record::Connection(Box::new(ConnectionRecord {
-            conn,
+            conn: session.conn.clone(),
             start: std::time::SystemTime::now(),
             error: (kind, message),
         })));
@@ -185,12 +200,8 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     Box::pin(async move {
-        let id = session.conn.id;
-        if let Ended::Other(e) | Ended::Malformed(e) | Ended::TooLarge(e) =
-            serve_http_inner(session, io, proto).await
-        {
-            tracing::debug!(conn = id, error = %e, "client connection ended with an error");
-        }
+        let ended = serve_http_inner(session.clone(), io, proto).await;
+        record_ended(&session, ended);
     })
 }
 
@@ -209,6 +220,7 @@ where
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.request_header_timeout)
                 .max_buf_size(limits.max_header_size.max(8192))
+                .max_header_size(limits.max_header_size)
                 .max_headers(limits.max_headers)
                 .serve_connection(io, service)
                 .with_upgrades();
@@ -245,6 +257,22 @@ where
         Err(e) if e.is_timeout() => Ended::HeaderTimeout,
         Err(e) if e.is_parse_too_large() => Ended::TooLarge(format!("request head too large: {e}")),
         Err(e) if e.is_parse() => Ended::Malformed(format!("malformed request: {e}")),
+        Err(e) if is_calm_down(&e) => Ended::GoAway(format!(
+            "HTTP/2 client reset streams faster than allowed (rapid reset); sent GOAWAY: {e}"
+        )),
         Err(e) => Ended::Other(e.to_string()),
     }
+}
+
+/// Whether a connection error is the HTTP/2 GOAWAY hyper sends a client that breaks the reset
+/// limits (ENHANCE_YOUR_CALM).
+fn is_calm_down(e: &hyper::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = src {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+        }
+        src = err.source();
+    }
+    false
 }

@@ -146,9 +146,11 @@ fn resolve(
             };
             let (host, port) = host_port(authority, scheme);
             let target = Target::new(host, port, scheme == Scheme::Https);
+            // The URL never carries userinfo: it may hold a password.
+            let shown = crate::connect::without_userinfo(authority.as_str());
             Ok((
                 target,
-                format!("{}://{}{}", scheme.as_str(), authority, pq),
+                format!("{}://{}{}", scheme.as_str(), shown, pq),
                 authority.clone(),
             ))
         }
@@ -420,7 +422,8 @@ fn classify_send_error(slot: &RequestBodySlot, e: &hyper::Error) -> (ErrorKind, 
 
 /// Records a failed exchange and answers the client with a 502 that says why.
 fn fail(session: &Session, mut x: Box<Exchange>, kind: ErrorKind, message: String) -> Response {
-    tracing::debug!(kind = kind.as_str(), %message, url = %x.request.url, "exchange failed");
+    // The host, not the URL: a URL's query may carry secrets and logs are not redacted.
+    tracing::debug!(kind = kind.as_str(), %message, host = %x.server.host, "exchange failed");
     let body = format!("flowtap: {} ({})\n", message, kind.as_str());
     x.fail(kind, message);
     x.end = Some(Instant::now());
