@@ -121,10 +121,7 @@ where
         },
     };
 
-    let leaf_host = sni
-        .clone()
-        .or(no_sni_name)
-        .unwrap_or_else(|| host.clone());
+    let leaf_host = sni.clone().or(no_sni_name).unwrap_or_else(|| host.clone());
     let config = match shared
         .leaves
         .server_config(&leaf_host, chosen.as_deref())
