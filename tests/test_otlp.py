@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import select
 import socket
+import ssl
 import statistics
 import subprocess
 import threading
@@ -251,7 +253,8 @@ def get_with_headers(proxy, url, *headers, cacert=None, extra=()):
 
 def test_spans_over_grpc(start_proxy, nginx, rotel, reader):
     """gRPC export: conventional attributes, times, parent links, status, default resource."""
-    proxy = start_proxy("--otlp-protocol", "grpc", more_outputs=[f"otlp:{rotel.grpc_url}"])
+    proxy = start_proxy("--otlp-protocol", "grpc", "--otlp-compression", "gzip",
+                        more_outputs=[f"otlp:{rotel.grpc_url}"])
     parented = nginx.url(f"/small?t={uuid.uuid4().hex}")
     get_with_headers(proxy, parented, f"traceparent: {TRACEPARENT}", "tracestate: congo=t61rcWkgMzE",
                      "User-Agent: flowtap-test/1")
@@ -372,6 +375,29 @@ def test_traceparent_sampling_and_the_wire_is_untouched(start_proxy, pyserver, r
     assert "not_sampled=1" in proxy.stderr_text(), proxy.stderr_text()[-2000:]
 
 
+def test_export_headers_compression_and_path_reach_the_endpoint(start_proxy, nginx):
+    """Straight to an OTLP/HTTP endpoint (the reader itself): the request goes to /v1/traces,
+    gzip-compressed when asked, with the flag's and the variable's headers."""
+    direct = Reader()
+    try:
+        proxy = start_proxy("--otlp-export-header", "X-Scope-OrgID=tenant-7",
+                            "--otlp-compression", "gzip",
+                            more_outputs=[f"otlp:http://127.0.0.1:{direct.port}"],
+                            env={"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20t0k3n"})
+        get_with_headers(proxy, nginx.url("/small?direct=1"))
+        rec = proxy.record()
+        check_span_matches_record(direct.for_records([rec["id"]])[rec["id"]], rec)
+        path, headers = direct.requests[0]
+        headers = {k.lower(): v for k, v in headers.items()}
+        assert path == "/v1/traces"
+        assert headers["content-type"] == "application/x-protobuf"
+        assert headers["content-encoding"] == "gzip"
+        assert headers["x-scope-orgid"] == "tenant-7"
+        assert headers["authorization"] == "Bearer t0k3n"
+    finally:
+        direct.stop()
+
+
 class Blackhole:
     """Accepts TCP connections and never answers: an exporter talking to it waits until its
     own timeout."""
@@ -438,6 +464,99 @@ def test_slow_or_unreachable_endpoint_drops_spans_not_traffic(start_proxy, nginx
     assert dropped[hole_out] == n, dropped
     assert dropped[dead_out] == n, dropped
     assert "OTLP spans dropped" in err, "periodic reports while running"
+
+
+class TlsRelay:
+    """TLS in front of one of rotel's plain ports (rotel's receivers have no TLS): the test
+    server certificate for localhost, ALPN `h2` (gRPC) or `http/1.1`."""
+
+    def __init__(self, pki, target_port: int, alpn: str):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+        self.ctx.set_alpn_protocols([alpn])
+        self.target = target_port
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.handshakes = 0
+        self.failed_handshakes = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            conn.settimeout(10)
+            tls = self.ctx.wrap_socket(conn, server_side=True)
+            self.handshakes += 1
+        except (OSError, ssl.SSLError):
+            self.failed_handshakes += 1
+            conn.close()
+            return
+        up = socket.create_connection(("127.0.0.1", self.target))
+        try:
+            while True:
+                ready = [tls] if tls.pending() else select.select([tls, up], [], [], 30)[0]
+                if not ready:
+                    return
+                for src, dst in ((tls, up), (up, tls)):
+                    if src in ready:
+                        data = src.recv(65536)
+                        if not data:
+                            return
+                        dst.sendall(data)
+        except (OSError, ssl.SSLError):
+            return
+        finally:
+            up.close()
+            tls.close()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("protocol,configured_by", [
+    ("grpc", "flags"), ("grpc", "variables"), ("http/protobuf", "flags"), ("http/protobuf", "variables"),
+])
+def test_tls_endpoints_trust_the_given_ca(start_proxy, nginx, pki, rotel, reader, protocol,
+                                          configured_by):
+    """An https:// endpoint is verified: with --otlp-ca (or OTEL_EXPORTER_OTLP_CERTIFICATE)
+    spans arrive; without it, the export fails and the spans are counted as dropped."""
+    grpc = protocol == "grpc"
+    relay = TlsRelay(pki, rotel.grpc_port if grpc else rotel.http_port, "h2" if grpc else "http/1.1")
+    endpoint = f"https://localhost:{relay.port}"
+    try:
+        if configured_by == "flags":
+            proxy = start_proxy("--otlp-protocol", protocol, "--otlp-ca", pki.server_ca,
+                                more_outputs=[f"otlp:{endpoint}"])
+        else:
+            proxy = start_proxy(more_outputs=["otlp"], env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+                "OTEL_EXPORTER_OTLP_CERTIFICATE": str(pki.server_ca)})
+        get_with_headers(proxy, nginx.url(f"/small?tls={uuid.uuid4().hex}"))
+        rec = proxy.record()
+        span = reader.for_records([rec["id"]])[rec["id"]]
+        check_span_matches_record(span, rec)
+        assert relay.handshakes >= 1
+
+        untrusted = start_proxy("--otlp-protocol", protocol, "--otlp-timeout", "3",
+                                more_outputs=[f"otlp:{endpoint}"])
+        get_with_headers(untrusted, nginx.url(f"/small?untrusted={uuid.uuid4().hex}"))
+        lost = untrusted.record()
+        assert untrusted.stop(timeout=30) == 0
+        assert relay.failed_handshakes >= 1, "the server certificate was not checked"
+        assert reader.all_for(lost["id"]) == []
+        err = untrusted.stderr_text()
+        assert "OTLP export finished with spans dropped" in err and "dropped=1" in err, err[-3000:]
+    finally:
+        relay.close()
 
 
 @pytest.mark.parametrize("args,env,needle", [

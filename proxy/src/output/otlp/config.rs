@@ -181,6 +181,8 @@ pub struct OtlpSettings {
     pub endpoint: Option<String>,
     /// For messages: where the data goes.
     pub endpoint_shown: String,
+    /// Whether that is a TLS endpoint (which then trusts the system roots and `ca_pem`).
+    pub tls: bool,
     pub export_headers: Vec<(String, String)>,
     pub timeout: Duration,
     pub gzip: Option<bool>,
@@ -233,6 +235,17 @@ pub fn resolve(
         }
         None => (None, default_endpoint_shown(protocol, env)),
     };
+    // TLS when the URL says https, or (gRPC) when it has no scheme and is not marked insecure.
+    let tls = endpoint_shown.starts_with("https://")
+        || (!endpoint_shown.contains("://")
+            && !first(
+                env,
+                &[
+                    "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+                    "OTEL_EXPORTER_OTLP_INSECURE",
+                ],
+            )
+            .is_some_and(|(_, v)| v.trim().eq_ignore_ascii_case("true")));
 
     let mut export_headers = Vec::new();
     for kv in &a.otlp_export_header {
@@ -351,6 +364,7 @@ pub fn resolve(
         protocol,
         endpoint,
         endpoint_shown,
+        tls,
         export_headers,
         timeout,
         gzip,
@@ -575,6 +589,7 @@ mod tests {
         assert_eq!(s.protocol, Protocol::HttpProtobuf);
         assert_eq!(s.endpoint, None);
         assert_eq!(s.endpoint_shown, "http://localhost:4318/v1/traces");
+        assert!(!s.tls);
         assert_eq!(s.queue, DEFAULT_QUEUE_SPANS);
         assert_eq!(s.headers, HeaderCapture::None);
         assert_eq!(s.sampler, Sampler::ParentBased(Root::AlwaysOn));
@@ -592,6 +607,22 @@ mod tests {
         let s = resolve(&OtlpArgs::default(), None, &env).unwrap();
         assert_eq!(s.protocol, Protocol::Grpc);
         assert_eq!(s.endpoint_shown, "http://collector:4317");
+        let https = env_of(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+        ]);
+        assert!(resolve(&OtlpArgs::default(), None, &https).unwrap().tls);
+        let bare = env_of(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+        ]);
+        assert!(resolve(&OtlpArgs::default(), None, &bare).unwrap().tls);
+        let insecure = env_of(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+            ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
+        ]);
+        assert!(!resolve(&OtlpArgs::default(), None, &insecure).unwrap().tls);
         let a = OtlpArgs {
             otlp_protocol: Some("http/protobuf".into()),
             otlp_endpoint: Some("http://flag:4318/".into()),

@@ -112,10 +112,6 @@ fn retry_policy() -> RetryPolicy {
 }
 
 fn build(s: &OtlpSettings) -> Result<SpanExporter, String> {
-    let https = s
-        .endpoint
-        .as_deref()
-        .is_some_and(|e| e.starts_with("https://"));
     let built = match s.protocol {
         Protocol::Grpc => {
             let mut b = SpanExporter::builder()
@@ -144,7 +140,7 @@ fn build(s: &OtlpSettings) -> Result<SpanExporter, String> {
                     opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(map),
                 );
             }
-            if https || s.ca_pem.is_some() {
+            if s.tls {
                 let mut tls = ClientTlsConfig::new().with_native_roots();
                 if let Some(pem) = &s.ca_pem {
                     tls = tls.ca_certificate(Certificate::from_pem(pem));

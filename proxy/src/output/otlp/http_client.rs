@@ -12,11 +12,7 @@ type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connec
 
 pub fn client(s: &OtlpSettings) -> Result<HyperClient<Connector>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    let https = s
-        .endpoint
-        .as_deref()
-        .is_none_or(|e| e.starts_with("https://"));
-    if https || s.ca_pem.is_some() {
+    if s.tls {
         for cert in rustls_native_certs::load_native_certs().certs {
             let _ = roots.add(cert);
         }
