@@ -117,8 +117,17 @@ pub async fn run(shared: Arc<Shared>, target: Target) {
                 tokio::time::sleep(wait.min(left)).await;
             }
             None => {
-                // A stop request cuts the wait short.
-                let _ = tokio::time::timeout(wait, shared.wake.notified()).await;
+                // Only a stop request cuts the wait short; new batches (which also wake this
+                // thread) wait for the next attempt like the others.
+                let until = tokio::time::Instant::now() + wait;
+                while tokio::time::timeout_at(until, shared.wake.notified())
+                    .await
+                    .is_ok()
+                {
+                    if shared.stop_at().is_some() {
+                        break;
+                    }
+                }
             }
         }
     }
