@@ -85,7 +85,13 @@ impl Cidr {
                     .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+            (IpAddr::V6(net), ip) => {
+                // An IPv4 client is compared in its IPv4-mapped IPv6 form, so `::/0` and
+                // `::ffff:0:0/96` contain it as they should.
+                let ip = match ip {
+                    IpAddr::V6(v6) => v6,
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                };
                 let mask = u128::MAX
                     .checked_shl(128 - u32::from(self.prefix))
                     .unwrap_or(0);
@@ -227,6 +233,8 @@ mod tests {
         assert!(c.contains(ip("::ffff:10.1.0.9")));
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
         assert!(Cidr::parse("::1").unwrap().contains(ip("::1")));
+        assert!(Cidr::parse("::/0").unwrap().contains(ip("10.1.2.3")));
+        assert!(!Cidr::parse("2001:db8::/32").unwrap().contains(ip("10.1.2.3")));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("::ffff:127.0.0.0/104")
             .unwrap()
