@@ -234,7 +234,9 @@ mod tests {
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
         assert!(Cidr::parse("::1").unwrap().contains(ip("::1")));
         assert!(Cidr::parse("::/0").unwrap().contains(ip("10.1.2.3")));
-        assert!(!Cidr::parse("2001:db8::/32").unwrap().contains(ip("10.1.2.3")));
+        assert!(!Cidr::parse("2001:db8::/32")
+            .unwrap()
+            .contains(ip("10.1.2.3")));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("::ffff:127.0.0.0/104")
             .unwrap()
