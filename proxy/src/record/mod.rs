@@ -113,6 +113,20 @@ pub struct BodyFacts {
 }
 
 impl BodyFacts {
+    /// Notes one body frame as it goes by: data is counted (and captured), trailers kept.
+    /// Returns the data bytes in the frame.
+    pub fn note(&mut self, frame: &http_body::Frame<bytes::Bytes>) -> usize {
+        if let Some(data) = frame.data_ref() {
+            self.capture.push(data);
+            data.len()
+        } else {
+            if let Some(t) = frame.trailers_ref() {
+                self.trailers = Some(t.clone());
+            }
+            0
+        }
+    }
+
     pub fn new(capture: Capture) -> Self {
         BodyFacts {
             capture,

@@ -62,12 +62,8 @@ where
         match &r {
             Some(Ok(frame)) => {
                 if let Some(f) = this.facts.as_mut() {
-                    if let Some(data) = frame.data_ref() {
-                        f.capture.push(data);
-                        this.slot.bytes.fetch_add(data.len() as u64, Relaxed);
-                    } else if let Some(t) = frame.trailers_ref() {
-                        f.trailers = Some(t.clone());
-                    }
+                    let n = f.note(frame);
+                    this.slot.bytes.fetch_add(n as u64, Relaxed);
                 }
                 // Trailers are always the last frame.
                 if frame.is_trailers() || this.inner.is_end_stream() {
@@ -154,11 +150,7 @@ where
                     .as_mut()
                     .and_then(|x| x.response_body.as_mut())
                 {
-                    if let Some(data) = frame.data_ref() {
-                        b.capture.push(data);
-                    } else if let Some(t) = frame.trailers_ref() {
-                        b.trailers = Some(t.clone());
-                    }
+                    b.note(frame);
                 }
                 // Trailers are always the last frame.
                 if frame.is_trailers() || this.inner.is_end_stream() {
