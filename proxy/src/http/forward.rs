@@ -219,13 +219,15 @@ impl Session {
         } else {
             vec![ALPN_H1.to_vec()]
         };
-        let mut c = upstream::connect(
+        // Boxed: the connect future (DNS, TCP, TLS, HTTP setup) is large and rare; inline, it
+        // would make every connection's in-flight request future that large (see bench/README).
+        let connect = Box::pin(upstream::connect(
             &self.shared.upstream_tls,
             target,
             &alpn,
             self.shared.config.upstream_timeout,
-        )
-        .await?;
+        ));
+        let mut c = connect.await?;
         if let Some(shared) = c.share_without_timings() {
             self.shared.pool.put(target.clone(), shared);
         }
