@@ -7,73 +7,15 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import stat
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from support import k8s
-from support.k8s import PROXY_URL, SAMPLES
+from support.k8s import PROXY_URL, SAMPLES, StandIn
 
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-
-STAND_IN = r'''#!%(python)s
-"""Stand-in kubectl: logs argv and stdin, answers `get` from $FAKE_KUBECTL_DIR/get-RES-NAME.json."""
-import json, os, sys
-args = sys.argv[1:]
-data = sys.stdin.read()
-with open(os.environ["FAKE_KUBECTL_LOG"], "a") as log:
-    log.write(json.dumps({"args": args, "stdin": data}) + "\n")
-rest = args[2:] if args[:1] == ["--context"] else args
-verb = rest[0]
-if os.environ.get("FAKE_KUBECTL_FAIL") == verb:
-    sys.stderr.write("Error from server (Forbidden): %%s is forbidden for this user\n" %% verb)
-    sys.exit(1)
-if verb == "get":
-    res, name = rest[1].split("/", 1)
-    path = os.path.join(os.environ["FAKE_KUBECTL_DIR"], "get-%%s-%%s.json" %% (res, name))
-    if not os.path.exists(path):
-        sys.stderr.write('Error from server (NotFound): %%s "%%s" not found\n' %% (res, name))
-        sys.exit(1)
-    sys.stdout.write(open(path).read())
-elif verb == "apply":
-    print("applied")
-elif verb == "patch":
-    print("%%s patched" %% rest[1])
-elif verb == "delete":
-    print("%%s deleted" %% rest[1])
-'''
-
-
-class StandIn:
-    def __init__(self, root: Path):
-        self.bin = root / "bin"
-        self.dir = root / "objects"
-        self.log = root / "kubectl.log"
-        self.bin.mkdir(parents=True)
-        self.dir.mkdir()
-        exe = self.bin / "kubectl"
-        exe.write_text(STAND_IN % {"python": sys.executable})
-        exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
-        self.extra_env: dict = {}
-
-    def put(self, resource: str, name: str, obj: dict) -> None:
-        (self.dir / f"get-{resource}-{name}.json").write_text(json.dumps(obj))
-
-    def calls(self) -> list[dict]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
-
-    def env(self) -> dict:
-        return {"PATH": f"{self.bin}:{os.environ['PATH']}", "FAKE_KUBECTL_LOG": str(self.log),
-                "FAKE_KUBECTL_DIR": str(self.dir), **self.extra_env}
-
-    def flowtap(self, *args, check=True):
-        return k8s.flowtap(*args, env=self.env(), check=check)
 
 
 @pytest.fixture
