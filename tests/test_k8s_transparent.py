@@ -77,7 +77,7 @@ def refused(sample: Path, ref: str, ca: Path, out: Path, *flags) -> str:
                     "--system-bundle", SYSTEM_BUNDLE, "--out", out, *flags, check=False)
     assert r.returncode == 1, f"not refused ({r.returncode}):\n{r.stderr}"
     assert not out.exists(), "a refused attach writes nothing"
-    assert f"{ref} in namespace" in r.stderr and "refused: " in r.stderr, r.stderr
+    assert f"{ref} in namespace" in r.stderr and "refused:" in r.stderr, r.stderr
     return r.stderr
 
 
@@ -424,7 +424,8 @@ def test_every_reason_at_once(ca, tmp_path):
     def change(d):
         _spec(d).update(hostNetwork=True, securityContext={"runAsUser": 10001})
     stderr = refused(edited("velero.yaml", tmp_path, change), "deployment/velero", ca, tmp_path / "out")
-    assert "hostNetwork: true" in stderr and "runs as uid 10001" in stderr
+    assert "deployment/velero in namespace velero: refused:\n  - the pod uses hostNetwork: true;" in stderr
+    assert "\n  - container velero runs as uid 10001" in stderr
 
 
 def test_a_regular_init_container_as_the_proxy_uid_is_fine(attach, tmp_path):

@@ -67,8 +67,12 @@ pub enum K8sError {
     #[error("kubectl {args}: {message}")]
     Kubectl { args: String, message: String },
 
-    /// The workload (or its cluster) cannot take what was asked without breaking it.
-    #[error("{what}: refused: {}", reasons.join("; "))]
+    /// The workload (or its cluster) cannot take what was asked without breaking it: every
+    /// reason found, one per line when there are several.
+    #[error("{what}: refused:{}", match reasons.as_slice() {
+        [one] => format!(" {one}"),
+        all => all.iter().map(|r| format!("\n  - {r}")).collect(),
+    })]
     Refused { what: String, reasons: Vec<String> },
 }
 
