@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,11 +21,19 @@ from support.netns import (  # noqa: F401 - topo is a fixture
     API_NAME, API_V4, CLIENT_V4, EXTRA_TLS_PORT, INIT_SCRIPT, SERVER_NAME, SERVER_V4, SidecarProxy, topo,
 )
 from support.nginx import JSON_BODY, SMALL_BODY
-from support.proxy import clean_env, run_flowtap
+from support.proxy import REPO_ROOT, clean_env, run_flowtap
 
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 SAMPLE, REF = SAMPLES / "reporter.yaml", "deployment/reporter"
 DOCKERFILE_INIT = k8s.DEPLOY / "sidecar" / "Dockerfile.init"
+
+
+def readme_jq() -> str:
+    """The jq program of the README's `attach --transparent` walkthrough."""
+    text = (REPO_ROOT / "README.md").read_text()
+    block = text.split("### `attach --transparent`", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    (program,) = re.findall(r"\| jq -cR '([^']+)'", block)
+    return program
 
 
 def _mapped(value: str, paths: dict[str, Path]) -> str:
@@ -165,6 +175,14 @@ def test_attached_pod_runs_and_is_captured(topo, tmp_path):
         assert plain["response"]["body_size"] == len(SMALL_BODY)
         agents = sorted(r["request"]["headers"]["user-agent"].split("/")[0] for r in by_url[f"https://{SERVER_NAME}/small"])
         assert agents == ["curl", "python-requests"]
+
+        # The README's jq over what `kubectl logs -c flowtap` shows: stdout and stderr mixed.
+        logs = proxy.stdout_path.read_bytes() + proxy.stderr_path.read_bytes()
+        p = subprocess.run(["jq", "-cR", readme_jq()], input=logs, capture_output=True, timeout=30)
+        assert p.returncode == 0, p.stderr.decode()
+        rows = [json.loads(line) for line in p.stdout.decode().splitlines()]
+        assert {(r["mode"], r["url"], r["status"]) for r in rows} == {
+            ("transparent", url, 200) for url in by_url}
     finally:
         if proxy is not None and proxy.running:
             assert proxy.stop(timeout=15) == 0, proxy.stderr_text()[-3000:]
