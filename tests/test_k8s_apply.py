@@ -7,73 +7,15 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import stat
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from support import k8s
-from support.k8s import PROXY_URL, SAMPLES
+from support.k8s import PROXY_URL, SAMPLES, StandIn
 
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-
-STAND_IN = r'''#!%(python)s
-"""Stand-in kubectl: logs argv and stdin, answers `get` from $FAKE_KUBECTL_DIR/get-RES-NAME.json."""
-import json, os, sys
-args = sys.argv[1:]
-data = sys.stdin.read()
-with open(os.environ["FAKE_KUBECTL_LOG"], "a") as log:
-    log.write(json.dumps({"args": args, "stdin": data}) + "\n")
-rest = args[2:] if args[:1] == ["--context"] else args
-verb = rest[0]
-if os.environ.get("FAKE_KUBECTL_FAIL") == verb:
-    sys.stderr.write("Error from server (Forbidden): %%s is forbidden for this user\n" %% verb)
-    sys.exit(1)
-if verb == "get":
-    res, name = rest[1].split("/", 1)
-    path = os.path.join(os.environ["FAKE_KUBECTL_DIR"], "get-%%s-%%s.json" %% (res, name))
-    if not os.path.exists(path):
-        sys.stderr.write('Error from server (NotFound): %%s "%%s" not found\n' %% (res, name))
-        sys.exit(1)
-    sys.stdout.write(open(path).read())
-elif verb == "apply":
-    print("applied")
-elif verb == "patch":
-    print("%%s patched" %% rest[1])
-elif verb == "delete":
-    print("%%s deleted" %% rest[1])
-'''
-
-
-class StandIn:
-    def __init__(self, root: Path):
-        self.bin = root / "bin"
-        self.dir = root / "objects"
-        self.log = root / "kubectl.log"
-        self.bin.mkdir(parents=True)
-        self.dir.mkdir()
-        exe = self.bin / "kubectl"
-        exe.write_text(STAND_IN % {"python": sys.executable})
-        exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
-        self.extra_env: dict = {}
-
-    def put(self, resource: str, name: str, obj: dict) -> None:
-        (self.dir / f"get-{resource}-{name}.json").write_text(json.dumps(obj))
-
-    def calls(self) -> list[dict]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
-
-    def env(self) -> dict:
-        return {"PATH": f"{self.bin}:{os.environ['PATH']}", "FAKE_KUBECTL_LOG": str(self.log),
-                "FAKE_KUBECTL_DIR": str(self.dir), **self.extra_env}
-
-    def flowtap(self, *args, check=True):
-        return k8s.flowtap(*args, env=self.env(), check=check)
 
 
 @pytest.fixture
@@ -203,3 +145,130 @@ def test_kubectl_not_installed(ca_dir, tmp_path):
                     "--system-bundle", SYSTEM_BUNDLE, env=env, check=False)
     assert r.returncode == 1
     assert "cannot run kubectl" in r.stderr
+
+
+# --- attach --transparent --apply ---------------------------------------------------------------
+
+
+def _transparent_cluster(cluster, ca_dir, *, version=("1", "30"), pod_security=None, secret=True):
+    """The stand-in answering what --transparent --apply asks: the server version, the
+    workload's namespace, the CA Secret in that namespace."""
+    if version:
+        cluster.put_version(*version)
+    labels = {"kubernetes.io/metadata.name": "velero"}
+    if pod_security:
+        labels["pod-security.kubernetes.io/enforce"] = pod_security
+    cluster.put("namespace", "velero", {"apiVersion": "v1", "kind": "Namespace",
+                                        "metadata": {"name": "velero", "labels": labels}})
+    if secret:
+        s = json.loads(k8s.flowtap("k8s", "ca-secret", "--ca-dir", ca_dir, "-n", "velero").stdout)
+        if secret != True:  # noqa: E712 - a change to make
+            secret(s)
+        cluster.put("secret", "flowtap-ca", s)
+
+
+def test_transparent_apply_checks_the_cluster_then_applies(cluster, ca_dir, tmp_path):
+    _transparent_cluster(cluster, ca_dir)
+    r = cluster.flowtap("k8s", "attach", "deployment/velero", "-n", "velero", "--transparent",
+                        "--system-bundle", SYSTEM_BUNDLE, "--apply")
+    assert "attached deployment/velero in namespace velero: the transparent sidecar" in r.stderr
+    assert "the sidecar uses secret/flowtap-ca in namespace velero" in r.stderr
+    assert "kubectl logs deployment/velero -n velero -c flowtap" in r.stderr
+    calls = cluster.calls()
+    assert [c["args"] for c in calls[:4]] == [
+        ["get", "deployment/velero", "-n", "velero", "-o", "json"],
+        ["version", "-o", "json"],
+        ["get", "namespace/velero", "-o", "json"],
+        # The Secret the sidecar mounts, in the workload's namespace; its ca.pem is what the
+        # application trusts.
+        ["get", "secret/flowtap-ca", "-n", "velero", "-o", "json"],
+    ]
+    assert [c["args"][:2] for c in calls[4:]] == [["apply", "--server-side"], ["patch", "deployment/velero"]]
+    (cm,) = [d for d in yaml.safe_load_all(calls[4]["stdin"]) if d]
+    assert cm["data"]["flowtap-ca.pem"] == (ca_dir / "ca.pem").read_text()
+    patch = json.loads(calls[5]["args"][7])
+    assert patch["metadata"]["resourceVersion"] == "4711"
+
+    # The applied patch is the one --out writes offline (plus the version lock).
+    out = tmp_path / "out"
+    k8s.flowtap("k8s", "attach", "deployment/velero", "-f", SAMPLES / "velero.yaml", "--transparent",
+                "--ca-cert", ca_dir / "ca.pem", "--system-bundle", SYSTEM_BUNDLE, "--out", out)
+    del patch["metadata"]["resourceVersion"]
+    assert patch == json.loads((out / "patch.json").read_text())
+
+
+def test_transparent_apply_with_the_matching_ca_cert(cluster, ca_dir):
+    _transparent_cluster(cluster, ca_dir)
+    cluster.flowtap("k8s", "attach", "deployment/velero", "--transparent", "--ca-cert",
+                    ca_dir / "ca.pem", "--system-bundle", SYSTEM_BUNDLE, "--apply")
+    assert [c["args"][0] for c in cluster.calls()] == ["get", "version", "get", "get", "apply", "patch"]
+
+
+def _refused(cluster, *flags) -> str:
+    r = cluster.flowtap("k8s", "attach", "deployment/velero", "--transparent", "--system-bundle",
+                        SYSTEM_BUNDLE, "--apply", *flags, check=False)
+    assert r.returncode == 1, r.stderr
+    assert "deployment/velero in namespace velero: refused:" in r.stderr, r.stderr
+    verbs = [c["args"][0] for c in cluster.calls()]
+    assert "apply" not in verbs and "patch" not in verbs, "nothing is changed"
+    return r.stderr
+
+
+def test_transparent_apply_without_the_ca_secret_is_refused(cluster, ca_dir):
+    _transparent_cluster(cluster, ca_dir, secret=False)
+    stderr = _refused(cluster)
+    assert ("the sidecar needs the CA Secret flowtap-ca in namespace velero, and it cannot be read "
+            "(kubectl get secret/flowtap-ca -n velero -o json: failed") in stderr
+    assert 'Error from server (NotFound): secret "flowtap-ca" not found' in stderr
+    assert "make it with: flowtap k8s ca-secret --ca-dir DIR --name flowtap-ca -n velero | kubectl apply --server-side -f -" in stderr
+    # --ca-cert does not make the Secret unnecessary: the sidecar signs with its key.
+    _refused(cluster, "--ca-cert", ca_dir / "ca.pem")
+
+
+def test_transparent_apply_refuses_an_incomplete_or_other_secret(cluster, ca_dir, tmp_path):
+    _transparent_cluster(cluster, ca_dir, secret=lambda s: s["data"].pop("ca-key.pem"))
+    stderr = _refused(cluster)
+    assert "the CA Secret flowtap-ca in namespace velero has no ca-key.pem, which the sidecar needs" in stderr
+
+    _transparent_cluster(cluster, ca_dir)
+    other = tmp_path / "other"
+    k8s.flowtap("ca", "init", "--dir", other)
+    stderr = _refused(cluster, "--ca-cert", other / "ca.pem")
+    assert "is not the certificate in the CA Secret the sidecar signs with" in stderr
+
+
+def test_transparent_apply_refuses_old_kubernetes_and_pod_security(cluster, ca_dir):
+    _transparent_cluster(cluster, ca_dir, version=("1", "28+"), pod_security="baseline")
+    stderr = _refused(cluster)
+    assert "the API server is Kubernetes 1.28; the flowtap container is a native sidecar" in stderr
+    assert 'namespace velero enforces the Pod Security level "baseline"' in stderr
+
+
+def test_transparent_apply_notes_what_it_cannot_tell(cluster, ca_dir):
+    """No version answer and no readable namespace: said, not refused."""
+    _transparent_cluster(cluster, ca_dir, version=None)
+    (cluster.dir / "get-namespace-velero.json").unlink()
+    r = cluster.flowtap("k8s", "attach", "deployment/velero", "--transparent", "--system-bundle",
+                        SYSTEM_BUNDLE, "--apply")
+    assert "note: cannot tell the Kubernetes version" in r.stderr and "needs 1.29 or later" in r.stderr
+    assert "note: cannot read namespace velero" in r.stderr
+    assert [c["args"][0] for c in cluster.calls()][-2:] == ["apply", "patch"]
+
+
+def test_transparent_detach_apply(cluster, ca_dir, tmp_path):
+    out = tmp_path / "out"
+    k8s.flowtap("k8s", "attach", "deployment/velero", "-f", SAMPLES / "velero.yaml", "--transparent",
+                "--ca-cert", ca_dir / "ca.pem", "--system-bundle", SYSTEM_BUNDLE, "--out", out)
+    attached = k8s.kubectl_patch(SAMPLES / "velero.yaml", out / "patch.json")
+    cluster.put("deployment", "velero", attached)
+    r = cluster.flowtap("k8s", "detach", "deploy/velero", "--apply")
+    assert "the sidecar is gone from the pod template; the CA Secret stays in namespace velero" in r.stderr
+    calls = [c["args"] for c in cluster.calls()]
+    assert [c[0] for c in calls] == ["get", "patch", "delete"]
+    assert calls[2] == ["delete", "configmap/flowtap-ca-deployment-velero", "-n", "velero", "--ignore-not-found"]
+    patch_file = tmp_path / "detach.json"
+    patch_file.write_text(calls[1][7])
+    attached_file = tmp_path / "attached.json"
+    attached_file.write_text(json.dumps(attached))
+    restored = k8s.kubectl_patch(attached_file, patch_file)
+    assert k8s.normalise(restored) == k8s.normalise(k8s.kubectl_local(SAMPLES / "velero.yaml"))

@@ -35,6 +35,7 @@ SAMPLE_REFS = {
     "daemonset.yaml": "daemonset/shipper",
     "two-containers.yaml": "deployment/shop",
     "cronjob.yaml": "cronjob/backup",
+    "reporter.yaml": "deployment/reporter",
 }
 
 

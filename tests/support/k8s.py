@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -195,6 +196,10 @@ def container(obj: dict, name: str) -> dict:
     return next(c for c in pod_spec(obj)["containers"] if c["name"] == name)
 
 
+def init_container(obj: dict, name: str) -> dict:
+    return next(c for c in pod_spec(obj).get("initContainers", []) if c["name"] == name)
+
+
 def env_of(c: dict) -> dict:
     """name -> the env entry."""
     return {e["name"]: e for e in c.get("env", [])}
@@ -207,3 +212,77 @@ def mounts_of(c: dict) -> dict:
 
 def record_of(obj: dict) -> dict:
     return json.loads(obj["metadata"]["annotations"][RECORD_ANNOTATION])
+
+
+# --- a stand-in kubectl for --apply -----------------------------------------------------------
+
+STAND_IN = r'''#!%(python)s
+"""Stand-in kubectl: logs argv and stdin, answers `get` from $FAKE_KUBECTL_DIR/get-RES-NAME.json
+and `version` from $FAKE_KUBECTL_DIR/version.json."""
+import json, os, sys
+args = sys.argv[1:]
+data = sys.stdin.read()
+with open(os.environ["FAKE_KUBECTL_LOG"], "a") as log:
+    log.write(json.dumps({"args": args, "stdin": data}) + "\n")
+rest = args[2:] if args[:1] == ["--context"] else args
+verb = rest[0]
+if os.environ.get("FAKE_KUBECTL_FAIL") == verb:
+    sys.stderr.write("Error from server (Forbidden): %%s is forbidden for this user\n" %% verb)
+    sys.exit(1)
+if verb == "get":
+    res, name = rest[1].split("/", 1)
+    path = os.path.join(os.environ["FAKE_KUBECTL_DIR"], "get-%%s-%%s.json" %% (res, name))
+    if not os.path.exists(path):
+        sys.stderr.write('Error from server (NotFound): %%s "%%s" not found\n' %% (res, name))
+        sys.exit(1)
+    sys.stdout.write(open(path).read())
+elif verb == "version":
+    path = os.path.join(os.environ["FAKE_KUBECTL_DIR"], "version.json")
+    if not os.path.exists(path):
+        sys.stderr.write("The connection to the server localhost:8080 was refused\n")
+        sys.exit(1)
+    sys.stdout.write(open(path).read())
+elif verb == "apply":
+    print("applied")
+elif verb == "patch":
+    print("%%s patched" %% rest[1])
+elif verb == "delete":
+    print("%%s deleted" %% rest[1])
+'''
+
+
+class StandIn:
+    """A stand-in `kubectl` on PATH (no API server runs here): records each command line and its
+    stdin, answers `get` with the objects `put` there."""
+
+    def __init__(self, root: Path):
+        self.bin = root / "bin"
+        self.dir = root / "objects"
+        self.log = root / "kubectl.log"
+        self.bin.mkdir(parents=True)
+        self.dir.mkdir()
+        exe = self.bin / "kubectl"
+        exe.write_text(STAND_IN % {"python": sys.executable})
+        exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+        self.extra_env: dict = {}
+
+    def put(self, resource: str, name: str, obj: dict) -> None:
+        (self.dir / f"get-{resource}-{name}.json").write_text(json.dumps(obj))
+
+    def put_version(self, major: str, minor: str) -> None:
+        """What `kubectl version -o json` prints for this server version."""
+        (self.dir / "version.json").write_text(json.dumps({
+            "clientVersion": {"major": "1", "minor": "32"},
+            "serverVersion": {"major": major, "minor": minor, "gitVersion": f"v{major}.{minor}.0"}}))
+
+    def calls(self) -> list[dict]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def env(self) -> dict:
+        return {"PATH": f"{self.bin}:{os.environ['PATH']}", "FAKE_KUBECTL_LOG": str(self.log),
+                "FAKE_KUBECTL_DIR": str(self.dir), **self.extra_env}
+
+    def flowtap(self, *args, check=True):
+        return flowtap(*args, env=self.env(), check=check)

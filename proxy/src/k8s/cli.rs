@@ -1,5 +1,6 @@
 //! The flags of `flowtap k8s ca-secret | attach | detach`.
 
+use super::sidecar::{DEFAULT_IMAGE, DEFAULT_INIT_IMAGE};
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -15,7 +16,9 @@ pub enum K8sCommand {
     /// Print the Secret manifest holding an existing CA (ca.pem, ca-key.pem) for deploy/.
     CaSecret(CaSecretArgs),
     /// Route a workload's HTTP(S) through the proxy: a ConfigMap with the CA bundle and a patch
-    /// that mounts it and sets the proxy and trust variables. Printed, or applied with --apply.
+    /// that mounts it and sets the proxy and trust variables (or, with --transparent, adds a
+    /// flowtap sidecar the pod's connections are redirected to). Printed, or applied with
+    /// --apply.
     Attach(Box<AttachArgs>),
     /// Undo `attach`: the patch that puts back every value attach replaced, and the ConfigMap
     /// to delete. Printed, or applied with --apply.
@@ -76,8 +79,22 @@ pub struct AttachArgs {
     #[arg(short, long, env = "FLOWTAP_K8S_NAMESPACE")]
     pub namespace: Option<String>,
     /// The proxy as the workload reaches it, e.g. http://flowtap.flowtap.svc:8080
-    #[arg(long, env = "FLOWTAP_K8S_PROXY", value_name = "URL")]
-    pub proxy: String,
+    #[arg(
+        long,
+        env = "FLOWTAP_K8S_PROXY",
+        value_name = "URL",
+        required_unless_present = "transparent",
+        conflicts_with = "transparent"
+    )]
+    pub proxy: Option<String>,
+    /// Instead of a shared proxy: a flowtap sidecar in each pod (deploy/sidecar/component), with
+    /// the pod's outgoing TCP to --redirect-ports redirected to it by an init container; the
+    /// containers get the CA trust and no proxy variables. Needs Kubernetes 1.29+ and the CA
+    /// Secret in the workload's namespace (flowtap k8s ca-secret -n NAMESPACE).
+    #[arg(long, env = "FLOWTAP_K8S_TRANSPARENT")]
+    pub transparent: bool,
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
     /// Read the workload from this manifest (YAML or JSON, several documents allowed) instead
     /// of the cluster; the output is then computed offline.
     #[arg(
@@ -101,22 +118,26 @@ pub struct AttachArgs {
         long,
         env = "FLOWTAP_K8S_NO_PROXY",
         value_delimiter = ',',
-        value_name = "LIST"
+        value_name = "LIST",
+        conflicts_with = "transparent"
     )]
     pub no_proxy: Vec<String>,
     /// The cluster's DNS domain (kubelet clusterDomain), excluded from the proxy.
-    #[arg(long, env = "FLOWTAP_K8S_CLUSTER_DOMAIN", default_value = DEFAULT_CLUSTER_DOMAIN)]
-    pub cluster_domain: String,
-    /// The flowtap CA certificate (PEM) the workload must trust.
     #[arg(
         long,
-        env = "FLOWTAP_K8S_CA_CERT",
-        value_name = "FILE",
-        conflicts_with = "ca_secret"
+        env = "FLOWTAP_K8S_CLUSTER_DOMAIN",
+        default_value = DEFAULT_CLUSTER_DOMAIN,
+        conflicts_with = "transparent"
     )]
+    pub cluster_domain: String,
+    /// The flowtap CA certificate (PEM) the workload must trust (instead of --ca-secret; with
+    /// --transparent, the certificate of the Secret the sidecar mounts).
+    #[arg(long, env = "FLOWTAP_K8S_CA_CERT", value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
     /// Read the CA certificate from this Secret ([NAMESPACE/]NAME, key ca.pem) through kubectl.
     /// Default: flowtap-ca in the namespace named by the --proxy host (NAME.NAMESPACE.svc).
+    /// With --transparent: the Secret the sidecar mounts, in the workload's namespace
+    /// (default flowtap-ca).
     #[arg(long, env = "FLOWTAP_K8S_CA_SECRET", value_name = "[NS/]NAME")]
     pub ca_secret: Option<String>,
     /// The public roots to put before the flowtap CA in the bundle (default: this machine's
@@ -145,6 +166,63 @@ pub struct AttachArgs {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub kubectl: KubectlArgs,
+}
+
+/// on or off.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// The settings of the transparent sidecar (`attach --transparent`, refused without it). Those
+/// without a default here take the one of deploy/sidecar/component (its ConfigMap
+/// flowtap-sidecar).
+#[derive(Args, Debug, Clone)]
+pub struct SidecarArgs {
+    /// Image of the flowtap sidecar container (deploy/Dockerfile).
+    #[arg(
+        long,
+        env = "FLOWTAP_K8S_IMAGE",
+        value_name = "IMAGE",
+        default_value = DEFAULT_IMAGE
+    )]
+    pub image: String,
+    /// Image of the flowtap-init container (deploy/sidecar/Dockerfile.init).
+    #[arg(
+        long,
+        env = "FLOWTAP_K8S_INIT_IMAGE",
+        value_name = "IMAGE",
+        default_value = DEFAULT_INIT_IMAGE
+    )]
+    pub init_image: String,
+    /// Destination ports whose TCP is redirected to the sidecar (repeatable, comma-separated,
+    /// at most 15). Default: the component's, 80,443.
+    #[arg(
+        long,
+        env = "FLOWTAP_K8S_REDIRECT_PORTS",
+        value_delimiter = ',',
+        value_name = "PORTS"
+    )]
+    pub redirect_ports: Vec<String>,
+    /// Destinations never redirected, besides loopback and the API server (repeatable,
+    /// comma-separated IPs or CIDRs, IPv4 and IPv6): telemetry backends, or the service CIDR to
+    /// see only what leaves the cluster. Default: none.
+    #[arg(
+        long,
+        env = "FLOWTAP_K8S_EXCLUDE_CIDRS",
+        value_delimiter = ',',
+        value_name = "CIDRS"
+    )]
+    pub exclude_cidrs: Vec<String>,
+    /// IPv6 too: ip6tables rules and a transparent listener on [::1]. Default: the
+    /// component's, off.
+    #[arg(long, env = "FLOWTAP_K8S_IPV6", value_enum)]
+    pub ipv6: Option<OnOff>,
+    /// uid the flowtap container runs as: its connections are never redirected, so no other
+    /// container of the pod may run as it. Default: the component's, 10001.
+    #[arg(long, env = "FLOWTAP_K8S_PROXY_UID", value_name = "UID")]
+    pub proxy_uid: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -40,6 +40,28 @@ impl<'a> Kubectl<'a> {
         })
     }
 
+    /// The API server's version, (major, minor), from `kubectl version -o json`.
+    pub fn server_version(&self) -> Result<(u32, u32), K8sError> {
+        let args = ["version".to_string(), "-o".to_string(), "json".to_string()];
+        let out = self.run(&args, None)?;
+        let number = |v: &Value, key: &str| {
+            v.get(key)
+                .and_then(Value::as_str)
+                .map(|s| s.trim_end_matches('+'))
+                .and_then(|s| s.parse::<u32>().ok())
+        };
+        serde_json::from_slice::<Value>(&out)
+            .ok()
+            .and_then(|v| {
+                let server = v.get("serverVersion")?;
+                Some((number(server, "major")?, number(server, "minor")?))
+            })
+            .ok_or_else(|| K8sError::Kubectl {
+                args: args.join(" "),
+                message: "printed no serverVersion with a major and minor number".to_string(),
+            })
+    }
+
     /// `kubectl apply --server-side -f -` with the objects on stdin (a YAML stream of JSON
     /// documents).
     pub fn apply(&self, objects: &[Value]) -> Result<(), K8sError> {

@@ -35,6 +35,12 @@ pub fn ca_secret(name: &str, namespace: &str, cert_pem: &[u8], key_pem: &[u8]) -
     })
 }
 
+/// The bytes of a Secret's key (its `data` is base64); None when absent or not base64.
+pub fn secret_data(secret: &Value, key: &str) -> Option<Vec<u8>> {
+    let b64 = secret.get("data")?.get(key)?.as_str()?;
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
 /// The ConfigMap of one attached workload: `flowtap-ca-KIND-NAME`, so that detaching one
 /// workload never takes the bundle from another.
 pub fn trust_configmap_name(workload: &WorkloadRef) -> String {

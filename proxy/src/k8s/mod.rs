@@ -13,10 +13,15 @@
 //! detach     the annotation -> the patch that puts every recorded value back; ConfigMap deleted
 //! ```
 //!
+//! `attach --transparent` makes the same ConfigMap and trust settings, no proxy variables, and
+//! adds the containers of deploy/sidecar/component (an init container installing the redirect
+//! rules, flowtap as a native sidecar) after checking the pod can take them.
+//!
 //! Files: `cli` (flags), `workload` (kinds, reading manifests), `noproxy` (NO_PROXY and its
 //! Java form), `trust` (bundle, truststore via `pkcs12`), `manifests` (Secret, ConfigMap),
-//! `record` (the annotation), `settings` (what attach sets), `patch` (attach and detach patches), `kubectl` (the `--apply`
-//! side), `run` (each command start to end).
+//! `record` (the annotation), `settings` (what attach sets), `sidecar` (the component's
+//! containers, filled in), `transparent` (what the sidecar needs of a pod), `patch` (attach and
+//! detach patches), `kubectl` (the `--apply` side), `run` (each command start to end).
 
 mod cli;
 mod kubectl;
@@ -27,10 +32,12 @@ mod pkcs12;
 mod record;
 mod run;
 mod settings;
+mod sidecar;
+mod transparent;
 mod trust;
 mod workload;
 
-pub use cli::{AttachArgs, CaSecretArgs, DetachArgs, JavaMode, K8sCommand};
+pub use cli::{AttachArgs, CaSecretArgs, DetachArgs, JavaMode, K8sCommand, OnOff, SidecarArgs};
 
 /// Why a `flowtap k8s` command could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +66,14 @@ pub enum K8sError {
 
     #[error("kubectl {args}: {message}")]
     Kubectl { args: String, message: String },
+
+    /// The workload (or its cluster) cannot take what was asked without breaking it: every
+    /// reason found, one per line when there are several.
+    #[error("{what}: refused:{}", match reasons.as_slice() {
+        [one] => format!(" {one}"),
+        all => all.iter().map(|r| format!("\n  - {r}")).collect(),
+    })]
+    Refused { what: String, reasons: Vec<String> },
 }
 
 pub(crate) fn flag(flag: &'static str, message: impl Into<String>) -> K8sError {

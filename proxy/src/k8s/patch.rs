@@ -6,6 +6,11 @@
 //! key, so replacing one means also sending `null` for every field it had that the new one
 //! lacks (a `value` must drop a `valueFrom`); removing one is `{"$patch": "delete"}`.
 //! Attach records each original element (see `record`) and detach writes it back.
+//!
+//! The transparent sidecar's init containers are whole elements: replacing one also deletes
+//! the entries of its keyed lists (env, mounts, ports) the new one lacks. They go after the
+//! pod's own init containers (`$setElementOrder`; a patch would put new elements first), so
+//! those run before the redirect rules, as they did before.
 
 use super::record::{ContainerRecord, Record, RECORD_ANNOTATION};
 use super::settings::{EnvValue, Settings};
@@ -38,7 +43,37 @@ impl<'a> Current<'a> {
             .find(|(n, _)| *n == name)
             .map(|(_, c)| c)
     }
+
+    fn init_container(&self, name: &str) -> Option<&'a Map<String, Value>> {
+        find(
+            self.template.get("spec")?.get("initContainers")?,
+            "name",
+            name,
+        )
+    }
+
+    /// Names of the init containers, in order.
+    fn init_container_names(&self) -> Vec<&'a str> {
+        self.template
+            .get("spec")
+            .and_then(|s| s.get("initContainers"))
+            .and_then(Value::as_array)
+            .map(|l| {
+                l.iter()
+                    .filter_map(|c| c.get("name").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
+
+/// Lists inside a container that merge by a key (the others are replaced whole by a patch).
+const KEYED_LISTS: &[(&str, &str)] = &[
+    ("env", "name"),
+    ("volumeMounts", "mountPath"),
+    ("volumeDevices", "devicePath"),
+    ("ports", "containerPort"),
+];
 
 fn find<'a>(list: &'a Value, key: &str, wanted: &str) -> Option<&'a Map<String, Value>> {
     list.as_array()?
@@ -74,8 +109,21 @@ pub fn original_env(
         .map(|m| Value::Object(m.clone()))
 }
 
+/// A pod template annotation as it was before any attach: from the record, else as it is now.
+pub fn original_pod_annotation(
+    template: &Map<String, Value>,
+    record: Option<&Record>,
+    key: &str,
+) -> Option<String> {
+    match record.and_then(|r| r.pod_annotations.get(key)) {
+        Some(before) => before.clone(),
+        None => Current { template }.meta("annotations", key),
+    }
+}
+
 /// A patch element that turns `current` into `desired`: `desired`, plus `null` for each field
-/// of `current` that `desired` lacks, recursively through nested objects.
+/// of `current` that `desired` lacks, recursively through nested objects and the elements of
+/// keyed lists (`KEYED_LISTS`), whose elements `desired` lacks are deleted.
 fn replace_element(current: Option<&Map<String, Value>>, desired: &Map<String, Value>) -> Value {
     let mut out = desired.clone();
     if let Some(current) = current {
@@ -88,11 +136,43 @@ fn replace_element(current: Option<&Map<String, Value>>, desired: &Map<String, V
                     let d = std::mem::take(d);
                     out.insert(k.clone(), replace_element(Some(c), &d));
                 }
+                (Some(Value::Array(d)), Value::Array(c)) => {
+                    if let Some((_, key)) = KEYED_LISTS.iter().find(|(list, _)| list == k) {
+                        *d = replace_keyed_list(key, c, d);
+                    }
+                }
                 _ => {}
             }
         }
     }
     Value::Object(out)
+}
+
+/// The patch for a keyed list: each desired element replacing its namesake, then a delete for
+/// each current element the desired list lacks.
+fn replace_keyed_list(key: &str, current: &[Value], desired: &[Value]) -> Vec<Value> {
+    let id = |v: &Value| v.get(key).cloned();
+    let mut out: Vec<Value> = desired
+        .iter()
+        .map(|d| {
+            let now = current
+                .iter()
+                .find(|c| id(c).is_some() && id(c) == id(d))
+                .and_then(Value::as_object);
+            match d.as_object() {
+                Some(d) => replace_element(now, d),
+                None => d.clone(),
+            }
+        })
+        .collect();
+    for c in current {
+        if let Some(k) = id(c) {
+            if !desired.iter().any(|d| id(d).as_ref() == Some(&k)) {
+                out.push(json!({ key: k, "$patch": "delete" }));
+            }
+        }
+    }
+    out
 }
 
 /// The patch element that puts back `original` (None: the element was absent) in a list
@@ -252,7 +332,15 @@ pub fn attach(
         }
     }
 
-    let pod_spec = json!({"volumes": volumes, "containers": patched_containers});
+    let init_containers = init_container_changes(&now, previous, settings, &mut record);
+    let mut pod_spec = json!({
+        "volumes": volumes,
+        "containers": patched_containers,
+        "initContainers": init_containers,
+    });
+    if let Some(order) = init_container_order(&now, settings) {
+        pod_spec["$setElementOrder/initContainers"] = order;
+    }
     let template_patch = json!({
         "metadata": {"labels": labels, "annotations": annotations},
         "spec": pod_spec,
@@ -262,6 +350,63 @@ pub fn attach(
     });
     nest(&mut patch, target, template_patch);
     patch
+}
+
+/// The sidecar's init containers, each replacing what has its name (recorded as it was before
+/// any attach), and the ones an earlier attach added that this one does not, put back.
+fn init_container_changes(
+    now: &Current<'_>,
+    previous: Option<&Record>,
+    settings: &Settings,
+    record: &mut Record,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    for c in &settings.init_containers {
+        let (Some(name), Some(desired)) = (c["name"].as_str(), c.as_object()) else {
+            continue;
+        };
+        let original = match previous.and_then(|p| p.init_containers.get(name)) {
+            Some(before) => before.clone(),
+            None => now.init_container(name).map(|m| Value::Object(m.clone())),
+        };
+        out.push(replace_element(now.init_container(name), desired));
+        record.init_containers.insert(name.to_string(), original);
+    }
+    for (name, original) in previous.into_iter().flat_map(|p| &p.init_containers) {
+        if !record.init_containers.contains_key(name) {
+            out.extend(restore_element(
+                "name",
+                name,
+                now.init_container(name),
+                original.as_ref(),
+            ));
+        }
+    }
+    out
+}
+
+/// The init containers' order when the pod has its own: those first, then the sidecar's.
+fn init_container_order(now: &Current<'_>, settings: &Settings) -> Option<Value> {
+    let ours: Vec<&str> = settings
+        .init_containers
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let theirs: Vec<&str> = now
+        .init_container_names()
+        .into_iter()
+        .filter(|n| !ours.contains(n))
+        .collect();
+    if ours.is_empty() || theirs.is_empty() {
+        return None;
+    }
+    Some(Value::Array(
+        theirs
+            .iter()
+            .chain(ours.iter())
+            .map(|n| json!({"name": n}))
+            .collect(),
+    ))
 }
 
 /// The detach patch: every recorded element put back, the record removed.
@@ -307,9 +452,20 @@ pub fn detach(target: &WorkloadRef, template: &Map<String, Value>, record: &Reco
             .collect();
         patched_containers.push(container_patch(name, env, mounts));
     }
+    let init_containers: Vec<Value> = record
+        .init_containers
+        .iter()
+        .filter_map(|(name, orig)| {
+            restore_element("name", name, now.init_container(name), orig.as_ref())
+        })
+        .collect();
     let template_patch = json!({
         "metadata": {"labels": labels, "annotations": annotations},
-        "spec": {"volumes": volumes, "containers": patched_containers},
+        "spec": {
+            "volumes": volumes,
+            "containers": patched_containers,
+            "initContainers": init_containers,
+        },
     });
     let mut patch = json!({"metadata": {"annotations": {RECORD_ANNOTATION: null}}});
     nest(&mut patch, target, template_patch);
@@ -402,6 +558,25 @@ mod tests {
         assert_eq!(
             replace_element(Some(&current), &desired),
             json!({"name": "v", "configMap": {"name": "b", "items": null}})
+        );
+    }
+
+    #[test]
+    fn replacing_a_container_deletes_the_list_entries_it_lacks() {
+        let current = obj(json!({"name": "c", "image": "a", "env": [
+            {"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "x"}}},
+            {"name": "OLD", "value": "1"},
+        ], "ports": [{"containerPort": 1}], "args": ["x", "y"]}));
+        let desired = obj(
+            json!({"name": "c", "image": "b", "env": [{"name": "A", "value": "v"}],
+                                 "args": ["z"]}),
+        );
+        assert_eq!(
+            replace_element(Some(&current), &desired),
+            json!({"name": "c", "image": "b", "args": ["z"], "ports": null, "env": [
+                {"name": "A", "value": "v", "valueFrom": null},
+                {"name": "OLD", "$patch": "delete"},
+            ]})
         );
     }
 

@@ -11,12 +11,41 @@ pub const RECORD_ANNOTATION: &str = "flowtap.dev/attached";
 /// Version of the record's layout.
 const RECORD_VERSION: u32 = 1;
 
+/// How the workload reaches flowtap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// The proxy variables point at a shared proxy (`--proxy URL`).
+    #[default]
+    Proxy,
+    /// A flowtap sidecar in each pod, the pod's connections redirected to it (`--transparent`).
+    Transparent,
+}
+
+impl Variant {
+    fn is_proxy(&self) -> bool {
+        *self == Variant::Proxy
+    }
+
+    /// How a person would name it: the flag that picks it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Variant::Proxy => "the shared proxy (--proxy)",
+            Variant::Transparent => "the transparent sidecar (--transparent)",
+        }
+    }
+}
+
 /// What attach changed, and what was there before.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
     pub version: u32,
-    /// The proxy URL the workload was attached to.
+    /// Absent in records of the proxy variant (they predate the field).
+    #[serde(default, skip_serializing_if = "Variant::is_proxy")]
+    pub variant: Variant,
+    /// The proxy URL the workload was attached to (empty for the transparent variant).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub proxy: String,
     /// The trust ConfigMap, deleted on detach.
     pub config_map: String,
@@ -31,6 +60,9 @@ pub struct Record {
     /// Per container, by name.
     #[serde(default)]
     pub containers: BTreeMap<String, ContainerRecord>,
+    /// Init containers added (the sidecar's), by name, with the one that had that name before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub init_containers: BTreeMap<String, Option<Value>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -45,9 +77,10 @@ pub struct ContainerRecord {
 }
 
 impl Record {
-    pub fn new(proxy: &str, config_map: &str) -> Self {
+    pub fn new(variant: Variant, proxy: &str, config_map: &str) -> Self {
         Record {
             version: RECORD_VERSION,
+            variant,
             proxy: proxy.to_string(),
             config_map: config_map.to_string(),
             ..Record::default()
@@ -80,7 +113,7 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_absent_as_null() {
-        let mut r = Record::new("http://p:8080", "cm");
+        let mut r = Record::new(Variant::Proxy, "http://p:8080", "cm");
         r.pod_labels.insert("flowtap.dev/attached".into(), None);
         let c = r.containers.entry("app".into()).or_default();
         c.env.insert("HTTP_PROXY".into(), None);
@@ -93,5 +126,24 @@ mod tests {
         assert_eq!(Record::parse(&text).expect("parse"), r);
         assert!(Record::parse("{}").is_err());
         assert!(Record::parse(&text.replace(r#""version":1"#, r#""version":9"#)).is_err());
+        // The proxy variant's record is as it was before the transparent one existed.
+        assert!(
+            !text.contains("variant") && !text.contains("initContainers"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn transparent_record() {
+        let mut r = Record::new(Variant::Transparent, "", "cm");
+        r.init_containers.insert("flowtap".into(), None);
+        let text = r.to_annotation();
+        assert!(text.contains(r#""variant":"transparent""#), "{text}");
+        assert!(
+            text.contains(r#""initContainers":{"flowtap":null}"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#""proxy""#), "{text}");
+        assert_eq!(Record::parse(&text).expect("parse"), r);
     }
 }

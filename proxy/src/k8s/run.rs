@@ -1,16 +1,16 @@
 //! Each `flowtap k8s` command from start to end: read the inputs, decide, then print, write
 //! files (`--out`) or apply through kubectl (`--apply`).
 
-use super::cli::{AttachArgs, CaSecretArgs, DetachArgs, KubectlArgs};
+use super::cli::{AttachArgs, CaSecretArgs, DetachArgs, KubectlArgs, DEFAULT_CA_SECRET};
 use super::kubectl::{yaml_stream, Kubectl};
 use super::noproxy::{no_proxy_entries, ProxyUrl};
-use super::record::{Record, RECORD_ANNOTATION};
-use super::settings::{Inputs, DEFAULT_BUNDLE_PATHS, MOUNT_DIR};
+use super::record::{Record, Variant, RECORD_ANNOTATION};
+use super::settings::{Inputs, Route, DEFAULT_BUNDLE_PATHS, MOUNT_DIR};
+use super::sidecar::{SidecarConfig, DEFAULT_IMAGE, DEFAULT_INIT_IMAGE};
 use super::workload::{self, is_dns_subdomain, WorkloadRef};
-use super::{flag, manifests, patch, settings, trust, K8sError};
+use super::{flag, manifests, patch, settings, transparent, trust, K8sError};
 use crate::config::default_ca_dir;
 use crate::tls::ca::{system_bundle_path, CertificateAuthority, CA_CERT_FILE, CA_KEY_FILE};
-use base64::Engine;
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -39,11 +39,67 @@ pub fn ca_secret(a: CaSecretArgs) -> Result<(), K8sError> {
     print(&format!("{}\n", pretty(&secret)))
 }
 
+/// What attach is to do, decided from the flags alone.
+enum Wanted {
+    /// Proxy and trust variables pointing at a shared proxy.
+    Proxy {
+        proxy: ProxyUrl,
+        no_proxy: Vec<String>,
+    },
+    /// The sidecar of deploy/sidecar/component, and the trust.
+    Transparent(SidecarConfig),
+}
+
+impl Wanted {
+    fn from_args(a: &AttachArgs) -> Result<Self, K8sError> {
+        if !a.transparent {
+            let s = &a.sidecar;
+            let given = [
+                ("--image", s.image != DEFAULT_IMAGE),
+                ("--init-image", s.init_image != DEFAULT_INIT_IMAGE),
+                ("--redirect-ports", !s.redirect_ports.is_empty()),
+                ("--exclude-cidrs", !s.exclude_cidrs.is_empty()),
+                ("--ipv6", s.ipv6.is_some()),
+                ("--proxy-uid", s.proxy_uid.is_some()),
+            ];
+            if let Some((name, _)) = given.iter().find(|(_, given)| *given) {
+                return Err(flag(
+                    name,
+                    "it is a setting of the sidecar: add --transparent",
+                ));
+            }
+            if a.ca_cert.is_some() && a.ca_secret.is_some() {
+                return Err(flag(
+                    "--ca-secret",
+                    "the CA comes from --ca-cert or from --ca-secret, not both",
+                ));
+            }
+            // clap requires --proxy without --transparent.
+            let proxy = ProxyUrl::parse(a.proxy.as_deref().unwrap_or_default())?;
+            let no_proxy = no_proxy_entries(&a.cluster_domain, &a.no_proxy)?;
+            return Ok(Wanted::Proxy { proxy, no_proxy });
+        }
+        let secret = match a.ca_secret.as_deref().map(|s| s.rsplit_once('/')) {
+            None => DEFAULT_CA_SECRET,
+            Some(Some((_, name))) => name,
+            Some(None) => a.ca_secret.as_deref().unwrap_or(DEFAULT_CA_SECRET),
+        };
+        check_name("--ca-secret", secret)?;
+        Ok(Wanted::Transparent(SidecarConfig::new(&a.sidecar, secret)?))
+    }
+
+    fn variant(&self) -> Variant {
+        match self {
+            Wanted::Proxy { .. } => Variant::Proxy,
+            Wanted::Transparent(_) => Variant::Transparent,
+        }
+    }
+}
+
 /// `flowtap k8s attach`.
 pub fn attach(a: Box<AttachArgs>) -> Result<(), K8sError> {
     let target = WorkloadRef::parse(&a.workload)?;
-    let proxy = ProxyUrl::parse(&a.proxy)?;
-    let no_proxy = no_proxy_entries(&a.cluster_domain, &a.no_proxy)?;
+    let wanted = Wanted::from_args(&a)?;
     let bundle_paths = bundle_paths(&a.bundle_path)?;
     if let Some(ns) = &a.namespace {
         check_name("--namespace", ns)?;
@@ -56,8 +112,71 @@ pub fn attach(a: Box<AttachArgs>) -> Result<(), K8sError> {
     let namespace = namespace(a.namespace.as_deref(), &object);
     let previous = previous_record(&object, &target)?;
     let selected = select_containers(template, &a.containers, &target)?;
+    let refused = |reasons: Vec<String>| K8sError::Refused {
+        what: format!("{target} in namespace {namespace}"),
+        reasons,
+    };
+    if let Some(p) = previous.as_ref().filter(|p| p.variant != wanted.variant()) {
+        return Err(refused(vec![format!(
+            "it is attached to {}; detach it first (flowtap k8s detach {target} -n {namespace})",
+            p.variant.describe()
+        )]));
+    }
 
-    let (ca_pem, ca_source) = read_ca(&a, &proxy, &kubectl)?;
+    let mut notes = Vec::new();
+    // The sidecar, once the pod (and with --apply the cluster) can take it.
+    let mut sidecar = None;
+    let mut ca_from_secret = None;
+    if let Wanted::Transparent(config) = &wanted {
+        if let Some((ns, _)) = a.ca_secret.as_deref().and_then(|s| s.rsplit_once('/')) {
+            if ns != namespace {
+                return Err(flag(
+                    "--ca-secret",
+                    format!(
+                        "the sidecar mounts the CA Secret from the workload's namespace \
+                         {namespace}, not {ns}"
+                    ),
+                ));
+            }
+        }
+        let parts = config.parts()?;
+        let found = transparent::check(template, previous.as_ref(), config, &parts, &selected);
+        let mut refusals = found.refusals;
+        notes.extend(found.notes);
+        if a.kubectl.apply {
+            let cluster = transparent::check_cluster(&kubectl, namespace, config.ca_secret());
+            refusals.extend(cluster.refusals);
+            notes.extend(cluster.notes);
+            ca_from_secret = cluster.ca_pem;
+        }
+        if !refusals.is_empty() {
+            return Err(refused(refusals));
+        }
+        sidecar = Some((config, parts));
+    }
+
+    let (ca_pem, ca_source) = match (&wanted, &a.ca_cert) {
+        (Wanted::Proxy { proxy, .. }, _) => read_ca(&a, proxy, &kubectl)?,
+        (Wanted::Transparent(_), Some(path)) => read_ca_file(path)?,
+        (Wanted::Transparent(config), None) => {
+            let name = config.ca_secret();
+            let pem = match ca_from_secret.take() {
+                Some(pem) => pem,
+                None => transparent::read_secret(&kubectl, namespace, name)
+                    .map_err(|reason| refused(vec![reason]))?,
+            };
+            (pem, format!("secret/{name} in namespace {namespace}"))
+        }
+    };
+    if let (Some(secret_pem), Some(path)) = (&ca_from_secret, &a.ca_cert) {
+        if !trust::same_certificates(secret_pem, &ca_pem) {
+            return Err(refused(vec![format!(
+                "--ca-cert {} is not the certificate in the CA Secret the sidecar signs with; \
+                 the application would not trust it",
+                path.display()
+            )]));
+        }
+    }
     let system_path = match &a.system_bundle {
         Some(p) => p.clone(),
         None => system_bundle_path().ok_or_else(|| {
@@ -76,47 +195,80 @@ pub fn attach(a: Box<AttachArgs>) -> Result<(), K8sError> {
         None => object.pointer("/metadata/uid").and_then(Value::as_str),
     };
     let configmap = manifests::trust_configmap(&cm_name, namespace, &target, owner_uid, &files);
+    let route = match &wanted {
+        Wanted::Proxy { proxy, no_proxy } => Route::Proxy { proxy, no_proxy },
+        Wanted::Transparent(_) => Route::Transparent,
+    };
     let inputs = Inputs {
-        proxy: &proxy,
-        no_proxy: &no_proxy,
+        route,
         config_map: &cm_name,
         ca_sha256: &files.sha256,
         bundle_paths: &bundle_paths,
         java: a.java,
     };
-    let decided = settings::decide(&inputs, &selected, |c, v| {
+    let mut decided = settings::decide(&inputs, &selected, |c, v| {
         patch::original_env(template, previous.as_ref(), c, v)
     });
-    let mut notes = decided.notes.clone();
-    if let Some(note) = host_network_note(template, &proxy) {
-        notes.push(note);
+    notes.append(&mut decided.notes);
+    if let Some((_, parts)) = &sidecar {
+        let original = |key: &str| patch::original_pod_annotation(template, previous.as_ref(), key);
+        let annotations = transparent::pod_annotations(parts, original, &mut notes);
+        decided.pod_annotations.extend(annotations);
+        decided.volumes.extend(parts.volumes.iter().cloned());
+        decided.init_containers = parts.init_containers.clone();
     }
+    let proxy_url = match &wanted {
+        Wanted::Proxy { proxy, .. } => {
+            notes.extend(host_network_note(template, proxy));
+            proxy.url.as_str()
+        }
+        Wanted::Transparent(_) => "",
+    };
     let attached = patch::attach(
         &target,
         template,
         previous.as_ref(),
         &decided,
-        Record::new(&proxy.url, &cm_name),
+        Record::new(wanted.variant(), proxy_url, &cm_name),
         &mut notes,
     );
-    if previous.is_some() {
+    if let Some(p) = &previous {
+        let to = match p.variant {
+            Variant::Proxy => format!("to {}", p.proxy),
+            Variant::Transparent => "with the transparent sidecar".to_string(),
+        };
         notes.push(format!(
-            "{target} was already attached (to {}); the patch updates it in place",
-            previous
-                .as_ref()
-                .map(|p| p.proxy.as_str())
-                .unwrap_or_default()
+            "{target} was already attached ({to}); the patch updates it in place"
         ));
     }
-    let summary = format!(
-        "{target} in namespace {namespace}: {} container(s) to {}, trusting {} public roots \
-         + the flowtap CA (mounted at {MOUNT_DIR})",
-        selected.len(),
-        proxy.url,
+    let trusting = format!(
+        "trusting {} public roots + the flowtap CA (mounted at {MOUNT_DIR})",
         files.system_certs
     );
+    let summary = match &sidecar {
+        None => format!(
+            "{target} in namespace {namespace}: {} container(s) to {proxy_url}, {trusting}",
+            selected.len()
+        ),
+        Some((config, _)) => format!(
+            "{target} in namespace {namespace}: the transparent sidecar ({}), {} container(s) \
+             {trusting}",
+            sidecar_summary(config),
+            selected.len()
+        ),
+    };
     let patch_cmd =
         format!("kubectl patch {target} -n {namespace} --type strategic --patch-file {PATCH_FILE}");
+    // What the pods need beyond the two objects (checked with --apply).
+    let needs = sidecar.as_ref().map(|(config, _)| {
+        format!(
+            "the pods need the CA Secret {name} (ca.pem, ca-key.pem) in namespace {namespace}, \
+             Kubernetes 1.29+ and a Pod Security level that admits NET_ADMIN; make the Secret \
+             with: flowtap k8s ca-secret --ca-dir DIR --name {name} -n {namespace} | kubectl \
+             apply --server-side -f -",
+            name = config.ca_secret()
+        )
+    });
 
     if a.kubectl.apply {
         let mut patch = attached;
@@ -125,9 +277,17 @@ pub fn attach(a: Box<AttachArgs>) -> Result<(), K8sError> {
         kubectl.patch(target.kind.resource(), &target.name, namespace, &patch)?;
         report(&notes);
         eprintln!("attached {summary}");
+        if let Some((config, _)) = &sidecar {
+            eprintln!(
+                "the sidecar uses secret/{} in namespace {namespace}; records: kubectl logs \
+                 {target} -n {namespace} -c flowtap",
+                config.ca_secret()
+            );
+        }
         eprintln!("pods restart to pick it up: kubectl rollout status {target} -n {namespace}");
         return Ok(());
     }
+    notes.extend(needs.clone());
     report(&notes);
     if let Some(dir) = &a.out {
         write_json(dir, CONFIGMAP_FILE, &configmap)?;
@@ -140,12 +300,31 @@ pub fn attach(a: Box<AttachArgs>) -> Result<(), K8sError> {
         return Ok(());
     }
     eprintln!("{summary}");
+    let first = needs
+        .map(|n| format!("# 0. Before: {n}\n"))
+        .unwrap_or_default();
     print(&format!(
-        "# 1. ConfigMap {cm_name}: kubectl apply --server-side -f FILE\n{}\
+        "{first}# 1. ConfigMap {cm_name}: kubectl apply --server-side -f FILE\n{}\
          # 2. Strategic merge patch: {patch_cmd}\n{}",
         yaml_stream(std::slice::from_ref(&configmap)),
         yaml_stream(std::slice::from_ref(&attached)),
     ))
+}
+
+/// The sidecar's settings in a few words.
+fn sidecar_summary(config: &SidecarConfig) -> String {
+    let (image, init_image) = config.images();
+    let excluded = match config.exclude_cidrs() {
+        "" => String::new(),
+        c => format!(" and {c}"),
+    };
+    format!(
+        "{image} and {init_image}; TCP to ports {} redirected to it from every uid but {}, \
+         except loopback, the API server{excluded}; IPv6 {}",
+        config.redirect_ports(),
+        config.proxy_uid(),
+        if config.ipv6() { "too" } else { "not" }
+    )
 }
 
 /// `flowtap k8s detach`.
@@ -172,6 +351,12 @@ pub fn detach(a: DetachArgs) -> Result<(), K8sError> {
         kubectl.patch(target.kind.resource(), &target.name, namespace, &patch)?;
         kubectl.delete("configmap", cm, namespace)?;
         eprintln!("detached {target} in namespace {namespace}; deleted configmap/{cm}");
+        if !record.init_containers.is_empty() {
+            eprintln!(
+                "the sidecar is gone from the pod template; the CA Secret stays in namespace \
+                 {namespace} (delete it when no workload there uses it)"
+            );
+        }
         eprintln!("pods restart to drop it: kubectl rollout status {target} -n {namespace}");
         return Ok(());
     }
@@ -300,12 +485,7 @@ fn read_ca(
     kubectl: &Kubectl<'_>,
 ) -> Result<(String, String), K8sError> {
     if let Some(path) = &a.ca_cert {
-        let bytes = read(path)?;
-        let text = String::from_utf8(bytes).map_err(|_| K8sError::Manifest {
-            what: path.display().to_string(),
-            message: "is not a PEM text file".to_string(),
-        })?;
-        return Ok((text, path.display().to_string()));
+        return read_ca_file(path);
     }
     let (ns, name) = match a.ca_secret.as_deref().map(|s| s.split_once('/')) {
         Some(Some((ns, name))) => (ns.to_string(), name.to_string()),
@@ -332,30 +512,36 @@ fn read_ca(
                      is not a service name NAME.NAMESPACE.svc",
                     )
                 })?,
-            super::cli::DEFAULT_CA_SECRET.to_string(),
+            DEFAULT_CA_SECRET.to_string(),
         ),
     };
     check_name("--ca-secret", &ns)?;
     check_name("--ca-secret", &name)?;
     let secret = kubectl.get("secret", &name, Some(&ns))?;
     let what = format!("secret/{name} in namespace {ns}");
-    let b64 = secret
-        .get("data")
-        .and_then(|d| d.get(CA_CERT_FILE))
-        .and_then(Value::as_str)
-        .ok_or_else(|| K8sError::Manifest {
-            what: what.clone(),
-            message: format!("has no {CA_CERT_FILE} key"),
-        })?;
-    let pem = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| K8sError::Manifest {
-            what: what.clone(),
-            message: format!("its {CA_CERT_FILE} is not base64 PEM text"),
-        })?;
+    let pem = secret_ca_pem(&secret, &what)?;
     Ok((pem, what))
+}
+
+/// The CA certificate (PEM) in a CA Secret's `ca.pem`.
+fn secret_ca_pem(secret: &Value, what: &str) -> Result<String, K8sError> {
+    let bytes = manifests::secret_data(secret, CA_CERT_FILE).ok_or_else(|| K8sError::Manifest {
+        what: what.to_string(),
+        message: format!("has no {CA_CERT_FILE} key with base64 data"),
+    })?;
+    String::from_utf8(bytes).map_err(|_| K8sError::Manifest {
+        what: what.to_string(),
+        message: format!("its {CA_CERT_FILE} is not PEM text"),
+    })
+}
+
+fn read_ca_file(path: &Path) -> Result<(String, String), K8sError> {
+    let bytes = read(path)?;
+    let text = String::from_utf8(bytes).map_err(|_| K8sError::Manifest {
+        what: path.display().to_string(),
+        message: "is not a PEM text file".to_string(),
+    })?;
+    Ok((text, path.display().to_string()))
 }
 
 /// A pod on the host's network resolves service names only with ClusterFirstWithHostNet.

@@ -2,7 +2,9 @@
 //! files, where it is mounted, and the variables each runtime reads (research/standards.md,
 //! section 5): the proxy in both spellings, NO_PROXY, the bundle for every runtime whose
 //! variable replaces the default roots, the CA alone for Node (which adds), and for JVMs the
-//! system properties in JAVA_TOOL_OPTIONS.
+//! system properties in JAVA_TOOL_OPTIONS. The transparent variant sets the same trust and no
+//! proxy settings (the pod's connections reach its sidecar without them); its containers come
+//! from `sidecar`.
 
 use super::cli::JavaMode;
 use super::noproxy::{java_non_proxy_hosts, ProxyUrl};
@@ -24,11 +26,17 @@ pub const DEFAULT_BUNDLE_PATHS: &[&str] = &[
 ];
 /// Pod label selecting attached pods (the optional NetworkPolicy in deploy/ admits them).
 pub const ATTACHED_LABEL: &str = "flowtap.dev/attached";
+/// Its value for the proxy variant: the pods the shared proxy admits.
+pub const ATTACHED_PROXY: &str = "true";
+/// Its value for the transparent variant: the pods do not use the shared proxy.
+pub const ATTACHED_TRANSPARENT: &str = "transparent";
 /// Pod annotation with the digest of the trust files: a new CA changes the pod template, so
 /// the pods restart and read it.
 pub const CA_HASH_ANNOTATION: &str = "flowtap.dev/ca-sha256";
 /// The variable the JVM reads options from, whatever launches it.
 pub const JAVA_TOOL_OPTIONS: &str = "JAVA_TOOL_OPTIONS";
+/// The proxy variables, in the spellings runtimes read.
+pub const PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"];
 
 /// Image names that are JVMs, or usually run one.
 const JAVA_IMAGE_HINTS: &[&str] = &[
@@ -87,14 +95,27 @@ pub struct Settings {
     pub pod_annotations: Vec<(String, String)>,
     pub volumes: Vec<Value>,
     pub containers: Vec<(String, ContainerSettings)>,
+    /// Whole init containers added after the pod's own (the transparent sidecar's).
+    pub init_containers: Vec<Value>,
     /// What a person should know: replaced values, Java decisions, what could not be done.
     pub notes: Vec<String>,
 }
 
+/// How the workload's containers reach flowtap.
+#[derive(Clone, Copy, Debug)]
+pub enum Route<'a> {
+    /// Through the shared proxy, named by the proxy variables (and NO_PROXY's exceptions).
+    Proxy {
+        proxy: &'a ProxyUrl,
+        no_proxy: &'a [String],
+    },
+    /// Redirected by the kernel to the pod's own sidecar: the containers need only the trust.
+    Transparent,
+}
+
 /// The inputs that do not come from the workload.
 pub struct Inputs<'a> {
-    pub proxy: &'a ProxyUrl,
-    pub no_proxy: &'a [String],
+    pub route: Route<'a>,
     pub config_map: &'a str,
     pub ca_sha256: &'a str,
     pub bundle_paths: &'a [String],
@@ -109,8 +130,12 @@ pub fn decide<'a>(
     containers: &[Container<'a>],
     original_env: impl Fn(&str, &str) -> Option<Value>,
 ) -> Settings {
+    let label = match inputs.route {
+        Route::Proxy { .. } => ATTACHED_PROXY,
+        Route::Transparent => ATTACHED_TRANSPARENT,
+    };
     let mut s = Settings {
-        pod_labels: vec![(ATTACHED_LABEL.to_string(), "true".to_string())],
+        pod_labels: vec![(ATTACHED_LABEL.to_string(), label.to_string())],
         pod_annotations: vec![(CA_HASH_ANNOTATION.to_string(), inputs.ca_sha256.to_string())],
         volumes: vec![json!({
             "name": VOLUME_NAME,
@@ -118,17 +143,19 @@ pub fn decide<'a>(
         })],
         ..Settings::default()
     };
-    let no_proxy = inputs.no_proxy.join(",");
     let bundle = format!("{MOUNT_DIR}/{BUNDLE_KEY}");
     for (name, container) in containers {
         let mut env: Vec<(String, EnvValue)> = Vec::new();
         let mut set = |k: &str, v: &str| env.push((k.to_string(), EnvValue::Set(v.to_string())));
-        for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-            set(var, &inputs.proxy.url);
+        if let Route::Proxy { proxy, no_proxy } = inputs.route {
+            let no_proxy = no_proxy.join(",");
+            for var in PROXY_VARS {
+                set(var, &proxy.url);
+            }
+            set("NO_PROXY", &no_proxy);
+            set("no_proxy", &no_proxy);
+            set("NODE_USE_ENV_PROXY", "1");
         }
-        set("NO_PROXY", &no_proxy);
-        set("no_proxy", &no_proxy);
-        set("NODE_USE_ENV_PROXY", "1");
         for var in [
             "SSL_CERT_FILE",
             "REQUESTS_CA_BUNDLE",
@@ -212,8 +239,12 @@ fn java_settings(
         .as_ref()
         .is_some_and(|e| e.get("valueFrom").is_some())
     {
+        let what = match inputs.route {
+            Route::Proxy { .. } => "proxy and truststore",
+            Route::Transparent => "truststore",
+        };
         notes.push(format!(
-            "container {name}: cannot set the JVM's proxy and truststore: JAVA_TOOL_OPTIONS \
+            "container {name}: cannot set the JVM's {what}: JAVA_TOOL_OPTIONS \
              comes from valueFrom, which a patch cannot append to; move its value into \
              env[].value, or add the options printed by --java on to its source"
         ));
@@ -225,7 +256,15 @@ fn java_settings(
              flowtap sets replaces it while attached"
         ));
     }
-    let (hosts, dropped) = java_non_proxy_hosts(inputs.no_proxy);
+    let trust = format!(
+        "-Djavax.net.ssl.trustStore={MOUNT_DIR}/{TRUSTSTORE_KEY} \
+         -Djavax.net.ssl.trustStoreType=PKCS12 \
+         -Djavax.net.ssl.trustStorePassword={TRUSTSTORE_PASSWORD}"
+    );
+    let Route::Proxy { proxy, no_proxy } = inputs.route else {
+        return Some(EnvValue::Append(trust));
+    };
+    let (hosts, dropped) = java_non_proxy_hosts(no_proxy);
     if !dropped.is_empty() {
         notes.push(format!(
             "container {name}: the JVM's http.nonProxyHosts cannot express {}; list those \
@@ -233,13 +272,13 @@ fn java_settings(
             dropped.join(", ")
         ));
     }
-    if inputs.proxy.has_credentials {
+    if proxy.has_credentials {
         notes.push(format!(
             "container {name}: the JVM takes no proxy credentials from system properties; \
              Java clients will not authenticate to the proxy"
         ));
     }
-    let (host, port) = (&inputs.proxy.host, inputs.proxy.port);
+    let (host, port) = (&proxy.host, proxy.port);
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {
@@ -248,10 +287,7 @@ fn java_settings(
     Some(EnvValue::Append(format!(
         "-Dhttp.proxyHost={host} -Dhttp.proxyPort={port} \
          -Dhttps.proxyHost={host} -Dhttps.proxyPort={port} \
-         -Dhttp.nonProxyHosts={hosts} \
-         -Djavax.net.ssl.trustStore={MOUNT_DIR}/{TRUSTSTORE_KEY} \
-         -Djavax.net.ssl.trustStoreType=PKCS12 \
-         -Djavax.net.ssl.trustStorePassword={TRUSTSTORE_PASSWORD}"
+         -Dhttp.nonProxyHosts={hosts} {trust}"
     )))
 }
 

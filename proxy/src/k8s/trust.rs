@@ -110,6 +110,14 @@ pub fn build(
     })
 }
 
+/// Whether two PEM texts hold the same certificates (whatever their line breaks and comments).
+pub fn same_certificates(a: &str, b: &str) -> bool {
+    match (certificates(a.as_bytes()), certificates(b.as_bytes())) {
+        (Ok(a), Ok(b)) => !a.is_empty() && a == b,
+        _ => false,
+    }
+}
+
 /// The DER certificates in a PEM text; other PEM sections (keys, CRLs) are skipped.
 fn certificates(pem_text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     CertificateDer::pem_slice_iter(pem_text)
