@@ -221,7 +221,7 @@ async fn serve_http_inner<IO>(session: Arc<Session>, io: IO, proto: HttpProtocol
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut shutdown = session.shared.shutdown.clone();
+    let shutdown = session.shared.shutdown.clone();
     let limits = &session.shared.config.limits;
     let s = session.clone();
     // Each request's future is boxed: hyper keeps room for one in-flight future per connection
@@ -230,44 +230,12 @@ where
     let service = service_fn(move |req| -> HandleFuture { Box::pin(handle(s.clone(), req)) });
     let io = TokioIo::new(io);
     let result = match proto {
-        HttpProtocol::H1 => {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.request_header_timeout)
-                .max_buf_size(limits.max_header_size.max(8192))
-                .max_header_size(limits.max_header_size)
-                .max_headers(limits.max_headers)
-                .serve_connection(io, service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stopping(&mut shutdown) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-        }
+        HttpProtocol::H1 => serve_h1(io, service, limits, shutdown).await,
         HttpProtocol::H2 => {
-            // Boxed, so the (larger) HTTP/2 connection state is not part of every HTTP/1
-            // connection's future.
-            let mut conn = Box::pin(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .max_concurrent_streams(limits.max_streams)
-                    .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
-                    .max_header_list_size(limits.max_header_size as u32)
-                    .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
-                    .initial_connection_window_size(crate::upstream::H2_CONN_WINDOW)
-                    .serve_connection(io, service),
-            );
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stopping(&mut shutdown) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            // Boxed in its own statement, so the (larger) HTTP/2 state is not part of every
+            // HTTP/1 connection's future.
+            let h2 = Box::pin(serve_h2(io, service, limits, shutdown));
+            h2.await
         }
     };
     match result {
@@ -279,6 +247,67 @@ where
             "HTTP/2 client reset streams faster than allowed (rapid reset); sent GOAWAY: {e}"
         )),
         Err(e) => Ended::Other(e.to_string()),
+    }
+}
+
+async fn serve_h1<IO, S>(
+    io: TokioIo<IO>,
+    service: S,
+    limits: &crate::config::Limits,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::http::RespBody>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.request_header_timeout)
+        .max_buf_size(limits.max_header_size.max(8192))
+        .max_header_size(limits.max_header_size)
+        .max_headers(limits.max_headers)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopping(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
+
+async fn serve_h2<IO, S>(
+    io: TokioIo<IO>,
+    service: S,
+    limits: &crate::config::Limits,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::http::RespBody>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_header_list_size(limits.max_header_size as u32)
+        .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
+        .initial_connection_window_size(crate::upstream::H2_CONN_WINDOW)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopping(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     }
 }
 

@@ -208,8 +208,8 @@ impl Session {
             .reserved
             .lock()
             .ok()
-            .and_then(|mut r| r.take_if(|(t, _)| t == target))
-            .map(|(_, c)| c)
+            .and_then(|mut r| r.take_if(|b| b.0 == *target))
+            .map(|b| b.1)
             .filter(|c| !c.sender.is_closed());
         if let Some(c) = reserved.or_else(|| self.shared.pool.take(target)) {
             return Ok(c);

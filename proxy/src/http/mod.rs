@@ -83,7 +83,8 @@ pub struct Session {
     pub route: Route,
     /// A connection opened for this session before its first request (TLS interception
     /// connects upstream to learn the ALPN); used before the shared pool.
-    reserved: Mutex<Option<(Target, Connection)>>,
+    /// Boxed: most sessions never have one, and every open connection carries its Session.
+    reserved: Mutex<Option<Box<(Target, Connection)>>>,
     /// Requests received on this connection.
     pub requests: std::sync::atomic::AtomicU64,
 }
@@ -114,10 +115,10 @@ impl Session {
                 self.shared.pool.put(target.clone(), shared);
             }
             if let Ok(mut r) = self.reserved.lock() {
-                *r = Some((target, c));
+                *r = Some(Box::new((target, c)));
             }
         } else if let Ok(mut r) = self.reserved.lock() {
-            *r = Some((target, c));
+            *r = Some(Box::new((target, c)));
         }
     }
 }
