@@ -88,6 +88,32 @@ pub struct ConnectTimings {
     pub tls: Option<Duration>,
 }
 
+/// A copy of `map` for a record that shares no memory with the connection it came from.
+///
+/// hyper's header values are slices of the connection's read buffer: a plain clone would keep
+/// that buffer (8 KiB and more) alive until the writer has written the record, and make hyper
+/// allocate a new one for the next message on the connection. Here every value is copied into
+/// one allocation for the whole map instead.
+pub fn detached_headers(map: &HeaderMap) -> HeaderMap {
+    let total: usize = map.values().map(|v| v.len()).sum();
+    let mut bytes = bytes::BytesMut::with_capacity(total);
+    for v in map.values() {
+        bytes.extend_from_slice(v.as_bytes());
+    }
+    let mut all = bytes.freeze();
+    let mut out = HeaderMap::with_capacity(map.len());
+    for (name, v) in map {
+        let copy = all.split_to(v.len());
+        // Same bytes as a value that was valid already.
+        let Ok(mut value) = http::HeaderValue::from_maybe_shared(copy) else {
+            continue;
+        };
+        value.set_sensitive(v.is_sensitive());
+        out.append(name.clone(), value);
+    }
+    out
+}
+
 #[derive(Debug)]
 pub struct RequestHead {
     pub method: Method,
@@ -203,4 +229,45 @@ pub enum Record {
     Http(Box<Exchange>),
     Tunnel(Box<TunnelRecord>),
     Connection(Box<ConnectionRecord>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::detached_headers;
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    #[test]
+    fn detached_headers_are_equal_in_order_and_share_no_memory() {
+        let buffer = bytes::Bytes::from_static(b"abc; q=1text/plainsecret");
+        let mut map = HeaderMap::new();
+        map.append(
+            "accept",
+            HeaderValue::from_maybe_shared(buffer.slice(0..8)).unwrap(),
+        );
+        map.append(
+            "x-custom",
+            HeaderValue::from_maybe_shared(buffer.slice(8..18)).unwrap(),
+        );
+        map.append("accept", HeaderValue::from_static("*/*"));
+        let mut secret = HeaderValue::from_maybe_shared(buffer.slice(18..)).unwrap();
+        secret.set_sensitive(true);
+        map.append(http::header::AUTHORIZATION, secret);
+
+        let copy = detached_headers(&map);
+        let pairs = |m: &HeaderMap| -> Vec<(HeaderName, Vec<u8>, bool)> {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_bytes().to_vec(), v.is_sensitive()))
+                .collect()
+        };
+        assert_eq!(pairs(&copy), pairs(&map));
+        assert!(copy[http::header::AUTHORIZATION].is_sensitive());
+        let original = buffer.as_ptr_range();
+        for v in copy.values() {
+            assert!(
+                !original.contains(&v.as_bytes().as_ptr()),
+                "{v:?} still points into the connection's buffer"
+            );
+        }
+        assert!(detached_headers(&HeaderMap::new()).is_empty());
+    }
 }
