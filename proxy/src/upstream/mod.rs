@@ -335,27 +335,29 @@ pub async fn connect(
     })?;
     let t0 = Instant::now();
     let connector = TlsConnector::from(tls.config(alpn));
-    let stream = match tokio::time::timeout(timeout, connector.connect(server_name, tcp)).await {
-        Err(_) => {
-            return Err(ConnectError::new(
-                ErrorKind::UpstreamTimeout,
-                format!(
-                    "TLS handshake with {}:{} took longer than {timeout:?}",
-                    target.host, target.port
-                ),
-            ))
-        }
-        Ok(Err(e)) => {
-            return Err(ConnectError::new(
-                ErrorKind::UpstreamTls,
-                format!(
-                    "TLS handshake with {}:{} failed: {e}",
-                    target.host, target.port
-                ),
-            ))
-        }
-        Ok(Ok(s)) => s,
-    };
+    let stream =
+        match tokio::time::timeout(timeout, connector.connect(server_name, tcp.read_ahead())).await
+        {
+            Err(_) => {
+                return Err(ConnectError::new(
+                    ErrorKind::UpstreamTimeout,
+                    format!(
+                        "TLS handshake with {}:{} took longer than {timeout:?}",
+                        target.host, target.port
+                    ),
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(ConnectError::new(
+                    ErrorKind::UpstreamTls,
+                    format!(
+                        "TLS handshake with {}:{} failed: {e}",
+                        target.host, target.port
+                    ),
+                ))
+            }
+            Ok(Ok(s)) => s,
+        };
     timings.tls = Some(t0.elapsed());
     let (_, session) = stream.get_ref();
     let negotiated = session.alpn_protocol().map(|p| p.to_vec());
