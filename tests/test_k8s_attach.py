@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from support import k8s
-from support.k8s import BUNDLE, MOUNT_DIR, PROXY_URL, SAMPLES, container, env_of, mounts_of
+from support.k8s import (BUNDLE, BUNDLE_VARS, MOUNT_DIR, PROXY_URL, SAMPLE_REFS, SAMPLES, container,
+                         env_of, mounts_of)
 
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BUNDLE_PATHS = [
@@ -27,23 +28,11 @@ BUNDLE_PATHS = [
     "/etc/ssl/cert.pem",
 ]
 PROXY_VARS = ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"]
-BUNDLE_VARS = ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE",
-               "GIT_SSL_CAINFO", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"]
-SAMPLE_REFS = {
-    "velero.yaml": "deployment/velero",
-    "statefulset.yaml": "statefulset/connect",
-    "daemonset.yaml": "daemonset/shipper",
-    "two-containers.yaml": "deployment/shop",
-    "cronjob.yaml": "cronjob/backup",
-    "reporter.yaml": "deployment/reporter",
-}
 
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("k8s-ca") / "ca"
-    k8s.flowtap("ca", "init", "--dir", d)
-    return d / "ca.pem"
+    return k8s.new_ca(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

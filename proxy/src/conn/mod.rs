@@ -254,7 +254,7 @@ async fn serve_h1<IO, S>(
     io: TokioIo<IO>,
     service: S,
     limits: &crate::config::Limits,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -269,21 +269,14 @@ where
         .max_headers(limits.max_headers)
         .serve_connection(io, service)
         .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stopping(&mut shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    }
+    until_stopped(conn, shutdown, |c| c.graceful_shutdown()).await
 }
 
 async fn serve_h2<IO, S>(
     io: TokioIo<IO>,
     service: S,
     limits: &crate::config::Limits,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -301,11 +294,24 @@ where
         .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
         .initial_connection_window_size(crate::upstream::H2_CONN_WINDOW)
         .serve_connection(io, service);
+    until_stopped(conn, shutdown, |c| c.graceful_shutdown()).await
+}
+
+/// Drives a server connection until it ends; once the proxy starts to stop, asks it to finish
+/// gracefully (`graceful`: hyper's `graceful_shutdown` of that connection type) and waits.
+async fn until_stopped<C>(
+    conn: C,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    graceful: fn(std::pin::Pin<&mut C>),
+) -> Result<(), hyper::Error>
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>>,
+{
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => r,
         _ = stopping(&mut shutdown) => {
-            conn.as_mut().graceful_shutdown();
+            graceful(conn.as_mut());
             conn.await
         }
     }
