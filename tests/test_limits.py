@@ -54,9 +54,8 @@ def test_header_too_large_431(start_proxy, nginx, pyserver, limit, size):
     assert_serves(p, nginx)
 
 
-# Proxy bug (reported to the lead): --max-header-size only sets hyper's read-buffer cap (at least
-# 8 KiB, and reads may go past it), so heads somewhat over the limit pass. strict xfail: remove the
-# marks once fixed.
+# Regression: --max-header-size once only set hyper's read-buffer cap (at least 8 KiB, and reads
+# may go past it), so heads somewhat over the limit passed.
 
 
 @pytest.mark.parametrize("limit,size", [("4KiB", 6_000), ("64KiB", 70_000)])

@@ -111,8 +111,8 @@ def test_allowed_loopback_address_served_while_another_is_refused(request, start
     assert status == 403
 
 
-# Proxy bug (reported to the lead): Cidr::parse keeps an IPv4-mapped range as IPv6 while client
-# addresses are compared in canonical (IPv4) form, so the range matches nobody. strict xfail.
+# Regression: Cidr::parse once kept an IPv4-mapped range as IPv6 while client addresses were
+# compared in canonical (IPv4) form, so the range matched nobody.
 def test_ipv4_mapped_allow_clients_range(request, start_proxy, pki, tmp_path, nginx):
     p = _start(request, pki, tmp_path, _AnyAnswer, "--allow-clients", "::ffff:127.0.0.0/104")
     assert_serves(p, nginx)

@@ -371,8 +371,8 @@ def test_failed_exchange_leaks_nothing(start_proxy, nginx):
     assert_nowhere(p, *_failed_exchanges(p, nginx), min_files=5)
 
 
-# Proxy bug (reported to the lead): forward.rs logs `exchange failed ... url=` with the URL as
-# sent, query tokens included, at debug level. strict xfail: remove once fixed.
+# Regression: forward.rs once logged `exchange failed ... url=` with the URL as sent, query tokens
+# included, at debug level.
 def test_failed_exchange_debug_log_leaks_nothing(start_proxy, nginx):
     p = start_proxy(env={"RUST_LOG": "debug"})
     assert_nowhere(p, *_failed_exchanges(p, nginx))

@@ -13,16 +13,15 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(port != 0, "port 0 accepted from {s:?}");
-    // Known bug (reported): parse_target takes the http crate's lenient authority parsing as
-    // is, so brackets that are not an IPv6 literal pass (`-[::1]:8443` gives host `-[`).
-    // Checked for every other host; drop this exception once fixed.
+    // Brackets only around an IPv6 literal (`-[::1]:8443` once gave host `-[`; fixed in af66bd6).
     let bracketed_v6 = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
-    if host.contains(['[', ']']) && !bracketed_v6 {
-        return;
-    }
+    assert!(
+        bracketed_v6 || !host.contains(['[', ']']),
+        "stray brackets in host {host:?} from {s:?}"
+    );
     assert!(!host.is_empty(), "empty host accepted from {s:?}");
     assert!(!host.contains('@'), "userinfo accepted from {s:?}");
     assert!(
