@@ -76,6 +76,11 @@ def test_base_proxy_deployment():
     env = env_values(c)
     assert env["FLOWTAP_OUTPUT"] == "jsonl", "JSON lines on stdout"
     assert env["FLOWTAP_LISTEN"] == "0.0.0.0:8080"
+    # The downward-API variables --output otlp turns into k8s.* resource attributes.
+    field_refs = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+                  for e in c["env"] if "valueFrom" in e}
+    assert field_refs == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
+                          "NODE_NAME": "spec.nodeName"}
     assert c["ports"] == [{"name": "proxy", "containerPort": 8080, "protocol": "TCP"}]
     for probe in ("readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "proxy"}, probe
@@ -192,6 +197,11 @@ def _containers(docs):
             yield from d["spec"]["template"]["spec"]["containers"]
 
 
+# Read by the binaries but not flags: the log filter, and the downward-API variables the OTLP
+# output turns into k8s.* resource attributes (proxy/src/output/otlp/config.rs, K8S_VARS).
+NOT_FLAGS = {"RUST_LOG", "POD_NAME", "POD_NAMESPACE", "NODE_NAME"}
+
+
 def test_every_variable_is_a_real_flag():
     """The manifests only set variables the binaries read (clap prints them in --help): the
     proxy's containers against `flowtap proxy --help`, the collector's against
@@ -210,7 +220,7 @@ def test_every_variable_is_a_real_flag():
                 helps[program] = subprocess.run([str(collector), "--help"], capture_output=True,
                                                 text=True).stdout
             for e in c.get("env", []):
-                if e["name"] != "RUST_LOG":
+                if e["name"] not in NOT_FLAGS:
                     assert f"env: {e['name']}" in helps[program], \
                         f"{path}: {e['name']} is not a `{program}` flag"
                     checked += 1
