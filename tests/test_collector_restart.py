@@ -47,6 +47,7 @@ def test_collector_restart_with_spool_loses_nothing(start_proxy, start_collector
     stream_through_outage(proxy, collector, nginx, "spool")
     wait_until(lambda: len(numbers(collector.records(), "spool")) >= REQUESTS, 30,
                "every record to reach the collector")
+    assert proxy.metric("flowtap_collector_records_dropped_total", output=collector.grpc_url) == 0
     assert proxy.stop() == 0
     recs = collector.records()
     counts = numbers(recs, "spool")
@@ -68,6 +69,7 @@ def test_collector_restart_without_spool_counts_losses(start_proxy, start_collec
     stream_through_outage(proxy, collector, nginx, "mem")
     # Settled once the proxy's total of drops reached the collector and the records stop coming.
     time.sleep(1.5)
+    on_metrics = proxy.metric("flowtap_collector_records_dropped_total", output=collector.grpc_url)
     assert proxy.stop() == 0
     recs = collector.records()
     counts = numbers(recs, "mem")
@@ -83,6 +85,8 @@ def test_collector_restart_without_spool_counts_losses(start_proxy, start_collec
     # collector died and had been written (at most the sender's window).
     assert len(lost) <= dropped <= len(lost) + 32
     assert reported == dropped
+    # The proxy's own /metrics showed the drops while it ran.
+    assert on_metrics is not None and 0 < on_metrics <= dropped, on_metrics
     # The buffer drops the oldest records: what is lost is one run of consecutive requests
     # from the outage, and the newest records before the reconnect were delivered.
     assert lost == list(range(lost[0], lost[0] + len(lost))), lost

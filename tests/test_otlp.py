@@ -26,6 +26,7 @@ import pytest
 
 from support.clients import curl
 from support.net import dead_port, free_port, wait_listening
+from contract_servers.fixtures import wait_until
 from support.proxy import run_flowtap
 
 SPAN_WAIT_S = 20.0
@@ -446,6 +447,14 @@ def test_slow_or_unreachable_endpoint_drops_spans_not_traffic(start_proxy, nginx
         # No request waited on the exporters (whose requests hang for 30 s here).
         assert max(times) < 2.0, f"slowest request {max(times):.3f}s"
         assert statistics.median(times) < 0.25, f"median {statistics.median(times):.3f}s"
+        # /metrics counts them per output while the proxy runs: the stuck exporter holds one
+        # batch and its queue 8 spans, every other span was dropped when queued; nothing was
+        # exported anywhere.
+        hole_output = f"otlp:http://127.0.0.1:{hole.port}"
+        wait_until(lambda: (proxy.metric("flowtap_otlp_spans_dropped_total", output=hole_output)
+                            or 0) >= n - 9 - 8, 10, "spans dropped by the stuck exporter on /metrics")
+        assert proxy.metric("flowtap_otlp_spans_dropped_total", output=hole_output) <= n
+        assert proxy.metric("flowtap_otlp_spans_exported_total", output=hole_output) == 0
         t0 = time.monotonic()
         assert proxy.stop(timeout=30) == 0
         assert time.monotonic() - t0 < 15, "stopping must not wait for the stuck exporter"

@@ -271,6 +271,19 @@ class Proxy:
         assert status == 200, f"/metrics status {status}"
         return parse_metrics(body.decode())
 
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of /metrics whose labels are exactly `labels` (None when absent)."""
+        status, _, body = self.get("/metrics")
+        assert status == 200, f"/metrics status {status}"
+        for line in body.decode().splitlines():
+            m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$', line.strip())
+            if not m or m.group(1) != name:
+                continue
+            found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+            if found == labels:
+                return float(m.group(3))
+        return None
+
     # --- records --------------------------------------------------------------------------
     def read_records(self, path: Path | None = None) -> list[dict]:
         path = path or self.records_path

@@ -91,7 +91,11 @@ impl std::fmt::Debug for CollectorArgs {
 }
 
 /// Checks the flags, opens the spool, starts the sender thread.
-pub fn open(spec: &OutputSpec, s: &WriterSettings) -> Result<Box<dyn Output>, String> {
+pub fn open(
+    spec: &OutputSpec,
+    s: &WriterSettings,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Box<dyn Output>, String> {
     let tls = matches!(spec.format, Format::Grpc { tls: true });
     let a = &s.collector;
     let address = spec
@@ -160,6 +164,13 @@ pub fn open(spec: &OutputSpec, s: &WriterSettings) -> Result<Box<dyn Output>, St
         queue: Mutex::new(queue),
         wake: tokio::sync::Notify::new(),
         stop_at: Mutex::new(None),
+    });
+    let counted = shared.clone();
+    metrics.register(crate::metrics::OutputCounter {
+        name: "flowtap_collector_records_dropped_total",
+        help: "Records the collector never acknowledged: dropped when --buffer or --spool-limit was full, or unreadable in the spool.",
+        output: spec.raw.clone(),
+        read: Box::new(move || counted.queue().dropped_total()),
     });
     let target = Target {
         endpoint,

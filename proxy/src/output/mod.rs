@@ -269,7 +269,11 @@ impl Output for Protobuf {
 }
 
 /// Opens one output; every failure names the `--output` it came from.
-fn open_output(spec: &OutputSpec, s: &WriterSettings) -> Result<Box<dyn Output>, String> {
+fn open_output(
+    spec: &OutputSpec,
+    s: &WriterSettings,
+    metrics: &Metrics,
+) -> Result<Box<dyn Output>, String> {
     let out: Box<dyn Output> = match spec.format {
         Format::Jsonl => {
             let dest = Dest::open(&spec.target)?;
@@ -291,8 +295,8 @@ fn open_output(spec: &OutputSpec, s: &WriterSettings) -> Result<Box<dyn Output>,
             buf: Vec::with_capacity(64 << 10),
         }),
         Format::Har => har::open(spec, s)?,
-        Format::Otlp => otlp::open(spec, s)?,
-        Format::Grpc { .. } => grpc::open(spec, s)?,
+        Format::Otlp => otlp::open(spec, s, metrics)?,
+        Format::Grpc { .. } => grpc::open(spec, s, metrics)?,
     };
     Ok(out)
 }
@@ -320,7 +324,7 @@ pub fn start(
 ) -> Result<Writer, String> {
     let sinks = specs
         .iter()
-        .map(|spec| open_output(spec, &settings))
+        .map(|spec| open_output(spec, &settings, &metrics))
         .collect::<Result<Vec<_>, _>>()?;
     let (tx, rx) = sync_channel(queue);
     let m = metrics.clone();

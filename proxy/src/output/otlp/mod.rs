@@ -44,12 +44,30 @@ struct Otlp {
     malformed: u64,
 }
 
-pub fn open(spec: &OutputSpec, s: &WriterSettings) -> Result<Box<dyn Output>, String> {
+pub fn open(
+    spec: &OutputSpec,
+    s: &WriterSettings,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Box<dyn Output>, String> {
     let settings = config::resolve(&s.otlp, spec.address.as_deref(), &config::process_env)
         .map_err(|e| format!("--output {}: {e}", spec.raw))?;
     let counters = Arc::new(Counters::default());
     let thread = export::start(&settings, spec.raw.clone(), counters.clone())
         .map_err(|e| format!("--output {}: {e}", spec.raw))?;
+    let exported = counters.clone();
+    metrics.register(crate::metrics::OutputCounter {
+        name: "flowtap_otlp_spans_exported_total",
+        help: "Spans the OTLP endpoint accepted.",
+        output: spec.raw.clone(),
+        read: Box::new(move || exported.exported.load(Relaxed)),
+    });
+    let dropped = counters.clone();
+    metrics.register(crate::metrics::OutputCounter {
+        name: "flowtap_otlp_spans_dropped_total",
+        help: "Spans dropped: the export queue was full (--otlp-queue) or the export failed.",
+        output: spec.raw.clone(),
+        read: Box::new(move || dropped.dropped()),
+    });
     tracing::info!(
         output = %spec.raw,
         endpoint = %settings.endpoint_shown,
