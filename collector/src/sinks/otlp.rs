@@ -34,7 +34,10 @@ pub fn start(
         collector: Default::default(),
         otlp: args.clone(),
     };
-    let mut output = flowtap::output::otlp::open(&spec, &settings)?;
+    // The output's own span counters are for the proxy's /metrics; the collector counts what
+    // it hands this sink in `stats` and the output logs its dropped spans.
+    let unserved = flowtap::metrics::Metrics::default();
+    let mut output = flowtap::output::otlp::open(&spec, &settings, &unserved)?;
     let (tx, rx) = sync_channel::<Arc<Delivery>>(QUEUE_DELIVERIES);
     let thread = std::thread::Builder::new()
         .name("sink-otlp".into())
