@@ -56,11 +56,6 @@ def attach(ca, tmp_path_factory):
     return run
 
 
-def detach(sample: Path, ref: str, out: Path) -> dict:
-    k8s.flowtap("k8s", "detach", ref, "-f", sample, "--out", out)
-    return k8s.kubectl_patch(sample, out / "patch.json")
-
-
 def certs(pem: str) -> list[bytes]:
     """The DER certificates of a PEM text, in order."""
     return [base64.b64decode(b) for b in re.findall(
@@ -243,18 +238,7 @@ def test_cronjob(attach):
 
 @pytest.mark.parametrize("name", sorted(SAMPLE_REFS))
 def test_attach_twice_is_harmless_and_detach_restores(attach, name, tmp_path):
-    sample = SAMPLES / name
-    ref = SAMPLE_REFS[name]
-    original = k8s.kubectl_local(sample)
-    cm1, _, once, once_path, _ = attach(sample, ref)
-    cm2, _, twice, twice_path, stderr = attach(once_path, ref)
-    assert twice == once, "attaching an attached workload again changes nothing"
-    assert cm2 == cm1
-    assert "was already attached" in stderr
-    restored = detach(twice_path, ref, tmp_path / "detach")
-    assert k8s.normalise(restored) == k8s.normalise(original)
-    assert "flowtap.dev/attached" not in restored["metadata"].get("annotations", {})
-    k8s.validate_strict(once, restored)
+    k8s.check_attach_twice_and_detach(attach, name, tmp_path / "detach", "was already attached")
 
 
 def test_reattach_with_other_settings_keeps_the_originals(attach, tmp_path):
@@ -270,7 +254,7 @@ def test_reattach_with_other_settings_keeps_the_originals(attach, tmp_path):
     assert env["HTTPS_PROXY"]["value"] == "http://flowtap.tools.svc:3128"
     assert "JAVA_TOOL_OPTIONS" not in env, "auto: node is not a JVM; the earlier one is removed"
     assert set(k8s.record_of(web_only)["containers"]) == {"web"}
-    restored = detach(web_only_path, "deployment/shop", tmp_path / "d")
+    restored = k8s.detach(web_only_path, "deployment/shop", tmp_path / "d")
     assert k8s.normalise(restored) == k8s.normalise(original)
 
 
@@ -293,7 +277,7 @@ def test_the_already_attached_sample(attach, tmp_path):
     assert record["containers"]["restic"]["env"]["HTTPS_PROXY"] == {
         "name": "HTTPS_PROXY", "value": "http://proxy.corp.example:3128"}
 
-    restored = detach(attached, "cronjob/backup", tmp_path / "d")
+    restored = k8s.detach(attached, "cronjob/backup", tmp_path / "d")
     assert k8s.normalise(restored) == k8s.normalise(k8s.kubectl_local(SAMPLES / "cronjob.yaml"))
 
     _, _, again, _, _ = attach(attached, "cronjob/backup")

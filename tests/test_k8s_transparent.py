@@ -54,11 +54,6 @@ def attach(ca, tmp_path_factory):
     return run
 
 
-def detach(sample: Path, ref: str, out: Path) -> dict:
-    k8s.flowtap("k8s", "detach", ref, "-f", sample, "--out", out)
-    return k8s.kubectl_patch(sample, out / "patch.json")
-
-
 def refused(sample: Path, ref: str, ca: Path, out: Path, *flags) -> str:
     """attach --transparent that must be refused: exit 1, nothing written to `out`; returns
     stderr."""
@@ -325,18 +320,8 @@ def test_flag_defaults_are_the_components():
 
 @pytest.mark.parametrize("name", sorted(SAMPLE_REFS))
 def test_attach_twice_changes_nothing_and_detach_restores(attach, name, tmp_path):
-    sample = SAMPLES / name
-    ref = SAMPLE_REFS[name]
-    original = k8s.kubectl_local(sample)
-    cm1, _, once, once_path, _ = attach(sample, ref)
-    cm2, _, twice, twice_path, stderr = attach(once_path, ref)
-    assert twice == once, "attaching an attached workload again changes nothing"
-    assert cm2 == cm1
-    assert "was already attached (with the transparent sidecar)" in stderr
-    restored = detach(twice_path, ref, tmp_path / "detach")
-    assert k8s.normalise(restored) == k8s.normalise(original)
-    assert "flowtap.dev/attached" not in restored["metadata"].get("annotations", {})
-    k8s.validate_strict(once, restored)
+    k8s.check_attach_twice_and_detach(attach, name, tmp_path / "detach",
+                                      "was already attached (with the transparent sidecar)")
 
 
 def test_reattach_with_other_settings_updates_in_place(attach, tmp_path):
@@ -353,7 +338,7 @@ def test_reattach_with_other_settings_updates_in_place(attach, tmp_path):
     assert [c["name"] for c in k8s.pod_spec(second)["initContainers"]] == [
         "migrate", "log-shipper", "flowtap-init", "flowtap"]
     assert k8s.record_of(second) == k8s.record_of(first), "the originals are kept"
-    restored = detach(second_path, "deployment/reporter", tmp_path / "d")
+    restored = k8s.detach(second_path, "deployment/reporter", tmp_path / "d")
     assert k8s.normalise(restored) == k8s.normalise(original)
 
 

@@ -23,6 +23,7 @@ pub mod config;
 pub mod conn;
 pub mod connect;
 pub mod convert;
+mod delegate;
 pub mod http;
 pub mod k8s;
 pub mod listener;

@@ -305,3 +305,26 @@ def new_ca(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("k8s-ca") / "ca"
     flowtap("ca", "init", "--dir", d)
     return d / "ca.pem"
+
+
+def detach(sample: Path, ref: str, out: Path) -> dict:
+    """`flowtap k8s detach` offline; returns the workload with its patch applied."""
+    flowtap("k8s", "detach", ref, "-f", sample, "--out", out)
+    return kubectl_patch(sample, out / "patch.json")
+
+
+def check_attach_twice_and_detach(attach, name: str, out: Path, already: str) -> None:
+    """Attaching the sample `name` twice changes nothing (stderr says `already`), and detach
+    gives back the original, validated with kubernetes-validate --strict."""
+    sample = SAMPLES / name
+    ref = SAMPLE_REFS[name]
+    original = kubectl_local(sample)
+    cm1, _, once, once_path, _ = attach(sample, ref)
+    cm2, _, twice, twice_path, stderr = attach(once_path, ref)
+    assert twice == once, "attaching an attached workload again changes nothing"
+    assert cm2 == cm1
+    assert already in stderr
+    restored = detach(twice_path, ref, out)
+    assert normalise(restored) == normalise(original)
+    assert RECORD_ANNOTATION not in restored["metadata"].get("annotations", {})
+    validate_strict(once, restored)
