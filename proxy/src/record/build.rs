@@ -5,7 +5,7 @@ use crate::redact::Redactor;
 use flowtap_schema::json::{escape_bytes, join_separator};
 use flowtap_schema::{self as schema, Flow, Header, SCHEMA_VERSION};
 use http::{HeaderMap, Version};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 pub fn to_flow(record: Record, redactor: &Redactor) -> Flow {
@@ -17,7 +17,7 @@ pub fn to_flow(record: Record, redactor: &Redactor) -> Flow {
             kind: "connection".into(),
             id: record_id(c.start),
             start: rfc3339_micros(c.start),
-            connection_id: format!("c-{}", c.conn.id),
+            connection_id: connection_id(c.conn.id),
             client: Some(endpoint(c.conn.client)),
             error: error_section(Some(c.error)),
             mode: c.conn.mode.as_str().into(),
@@ -46,19 +46,63 @@ fn since(later: Instant, earlier: Instant) -> f64 {
     ms(later.saturating_duration_since(earlier))
 }
 
-/// RFC 3339, UTC, microseconds: `2024-08-12T09:23:28.535123Z`.
+/// RFC 3339, UTC, microseconds: `2024-08-12T09:23:28.535123Z`. Written digit by digit: this
+/// runs once per record on the writer thread, where `format!` was a measurable share.
 pub fn rfc3339_micros(t: SystemTime) -> String {
     let dt = time::OffsetDateTime::from(t);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        dt.year(),
-        u8::from(dt.month()),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second(),
-        dt.microsecond()
-    )
+    let mut out = String::with_capacity(27);
+    let fields = [
+        (dt.year().clamp(0, 9999) as u32, 4, '-'),
+        (u8::from(dt.month()) as u32, 2, '-'),
+        (dt.day() as u32, 2, 'T'),
+        (dt.hour() as u32, 2, ':'),
+        (dt.minute() as u32, 2, ':'),
+        (dt.second() as u32, 2, '.'),
+        (dt.microsecond(), 6, 'Z'),
+    ];
+    for (n, width, sep) in fields {
+        push_padded(&mut out, n, width);
+        out.push(sep);
+    }
+    out
+}
+
+/// Appends `n` in decimal, zero-padded to `width` digits.
+fn push_padded(out: &mut String, n: u32, width: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n);
+    for _ in digits.len()..width {
+        out.push('0');
+    }
+    out.push_str(digits);
+}
+
+/// `c-ID`, the record's `connection_id`.
+fn connection_id(id: u64) -> String {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(id);
+    let mut out = String::with_capacity(2 + digits.len());
+    out.push_str("c-");
+    out.push_str(digits);
+    out
+}
+
+/// An address as text; IPv4 without going through `fmt` (once or twice per record).
+fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut out = String::with_capacity(15);
+            let mut buf = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(buf.format(octet));
+            }
+            out
+        }
+        IpAddr::V6(v6) => v6.to_string(),
+    }
 }
 
 /// A UUIDv7 whose time part is the record's start, so ids sort by start time. The random part
@@ -89,8 +133,9 @@ fn record_id(start: SystemTime) -> String {
     let mut random = [0u8; 10];
     random[..8].copy_from_slice(&next().to_le_bytes());
     random[8..].copy_from_slice(&next().to_le_bytes()[..2]);
-    uuid::Builder::from_unix_timestamp_millis(millis, &random)
-        .into_uuid()
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    id.hyphenated()
+        .encode_lower(&mut uuid::Uuid::encode_buffer())
         .to_string()
 }
 
@@ -101,19 +146,23 @@ fn getrandom_seed(buf: &mut [u8]) -> std::io::Result<()> {
 }
 
 /// Renders a header map as the record's list: one entry per name, repeated fields joined.
+/// `HeaderMap::iter` yields every value of a name before the next name (from the same stored
+/// key), so one pass without a lookup per name is enough.
 pub fn render_headers(map: &HeaderMap) -> Vec<Header> {
-    let mut out = Vec::with_capacity(map.keys_len());
-    for name in map.keys() {
-        let mut values = map.get_all(name).iter();
-        let Some(first) = values.next() else { continue };
-        let mut value = escape_bytes(first.as_bytes());
-        for v in values {
-            value.push_str(join_separator(name.as_str()));
-            value.push_str(&escape_bytes(v.as_bytes()));
+    let mut out: Vec<Header> = Vec::with_capacity(map.keys_len());
+    let mut last: Option<&http::HeaderName> = None;
+    for (name, v) in map.iter() {
+        if let (Some(prev), Some(h)) = (last, out.last_mut()) {
+            if std::ptr::eq(prev, name) {
+                h.value.push_str(join_separator(name.as_str()));
+                h.value.push_str(&escape_bytes(v.as_bytes()));
+                continue;
+            }
         }
+        last = Some(name);
         out.push(Header {
             name: name.as_str().to_string(),
-            value,
+            value: escape_bytes(v.as_bytes()),
         });
     }
     out
@@ -133,7 +182,7 @@ fn header_str<'a>(map: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 fn endpoint(addr: SocketAddr) -> schema::Endpoint {
     schema::Endpoint {
-        ip: addr.ip().to_canonical().to_string(),
+        ip: ip_text(addr.ip().to_canonical()),
         port: addr.port() as u32,
     }
 }
@@ -251,12 +300,12 @@ fn http_flow(x: Exchange, redactor: &Redactor) -> Flow {
         id: record_id(x.start),
         start: rfc3339_micros(x.start),
         duration_ms: Some(since(end, x.started)),
-        connection_id: format!("c-{}", x.conn.id),
+        connection_id: connection_id(x.conn.id),
         client: Some(endpoint(x.conn.client)),
         server: Some(schema::Server {
             host: bare_host(x.server.host),
             port: x.server.port as u32,
-            ip: x.server.ip.map(|i| i.to_string()).unwrap_or_default(),
+            ip: x.server.ip.map(ip_text).unwrap_or_default(),
         }),
         tls: x.tls.as_deref().map(|t| {
             let mut tls = tls_section(t);
@@ -282,12 +331,12 @@ fn tunnel_flow(t: TunnelRecord) -> Flow {
         id: record_id(t.start),
         start: rfc3339_micros(t.start),
         duration_ms: Some(since(t.end, t.started)),
-        connection_id: format!("c-{}", t.conn.id),
+        connection_id: connection_id(t.conn.id),
         client: Some(endpoint(t.conn.client)),
         server: Some(schema::Server {
             host: bare_host(t.server.host),
             port: t.server.port as u32,
-            ip: t.server.ip.map(|i| i.to_string()).unwrap_or_default(),
+            ip: t.server.ip.map(ip_text).unwrap_or_default(),
         }),
         tls: t.tls.as_deref().map(tls_section),
         error: error_section(t.error),
@@ -307,6 +356,28 @@ mod tests {
     fn rfc3339_has_micros_and_z() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_micros(1_723_454_608_535_123);
         assert_eq!(rfc3339_micros(t), "2024-08-12T09:23:28.535123Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_micros(1_000_007);
+        assert_eq!(rfc3339_micros(t), "1970-01-01T00:00:01.000007Z");
+    }
+
+    #[test]
+    fn ids_and_addresses_match_their_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "203.0.113.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+        assert_eq!(connection_id(0), "c-0");
+        assert_eq!(connection_id(u64::MAX), format!("c-{}", u64::MAX));
+        let id = record_id(SystemTime::UNIX_EPOCH + Duration::from_millis(1_723_454_608_535));
+        let parsed = uuid::Uuid::parse_str(&id).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+        assert_eq!(parsed.to_string(), id);
     }
 
     #[test]
@@ -316,8 +387,12 @@ mod tests {
         m.append("accept", "b".parse().unwrap());
         m.append("set-cookie", "x=1".parse().unwrap());
         m.append("set-cookie", "y=2".parse().unwrap());
+        m.append("x-one", "1".parse().unwrap());
+        m.append("accept", "c".parse().unwrap());
         let h = render_headers(&m);
-        assert_eq!(h[0], Header::new("accept", "a, b"));
+        assert_eq!(h.len(), 3);
+        assert_eq!(h[0], Header::new("accept", "a, b, c"));
         assert_eq!(h[1], Header::new("set-cookie", "x=1\ny=2"));
+        assert_eq!(h[2], Header::new("x-one", "1"));
     }
 }

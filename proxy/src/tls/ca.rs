@@ -445,7 +445,7 @@ impl CaFiles {
 }
 
 fn provider() -> CryptoProvider {
-    rustls::crypto::ring::default_provider()
+    super::crypto_provider()
 }
 
 fn random() -> &'static dyn SecureRandom {

@@ -112,7 +112,7 @@ impl LeafCache {
     pub fn new(ca: Arc<CertificateAuthority>, capacity: usize) -> Self {
         Self {
             ca,
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            provider: Arc::new(crate::tls::crypto_provider()),
             capacity: capacity.max(1),
             slots: Mutex::new(Slots::default()),
             minted: AtomicU64::new(0),
@@ -181,6 +181,8 @@ impl LeafCache {
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(Arc::clone(certified))));
         config.alpn_protocols = alpn.map(|p| vec![p.to_vec()]).unwrap_or_default();
         config.session_storage = Arc::clone(sessions);
+        // Our suite order (see `crypto_provider`), not the client's, picks the cipher.
+        config.ignore_client_order = true;
         Ok(Arc::new(config))
     }
 }
@@ -218,6 +220,15 @@ mod tests {
         client: ClientConfig,
         name: ServerName<'static>,
     ) -> Option<Vec<u8>> {
+        handshake_facts(server, client, name).await.0
+    }
+
+    /// As `handshake`, also returning the cipher suite.
+    async fn handshake_facts(
+        server: Arc<ServerConfig>,
+        client: ClientConfig,
+        name: ServerName<'static>,
+    ) -> (Option<Vec<u8>>, Option<rustls::CipherSuite>) {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let server = async move {
             let mut tls = TlsAcceptor::from(server)
@@ -238,7 +249,11 @@ mod tests {
             let mut buf = [0u8; 4];
             tls.read_exact(&mut buf).await.expect("client read");
             assert_eq!(&buf, b"ping");
-            tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+            let session = tls.get_ref().1;
+            (
+                session.alpn_protocol().map(<[u8]>::to_vec),
+                session.negotiated_cipher_suite().map(|s| s.suite()),
+            )
         };
         let ((), alpn) = tokio::join!(server, client);
         alpn
@@ -256,6 +271,40 @@ mod tests {
         let name = ServerName::try_from("localhost").expect("name");
         let alpn = handshake(server, client, name).await;
         assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    }
+
+    /// A client listing AES-256-GCM first (rustls' default order) still gets AES-128-GCM:
+    /// the proxy's order decides, and it is the cheaper suite on both legs.
+    #[tokio::test]
+    async fn the_proxy_picks_aes_128_gcm() {
+        let cache = cache(16);
+        let server = cache
+            .server_config("localhost", None)
+            .await
+            .expect("config");
+        let client = client_trusting(&cache.ca, &[]);
+        assert_eq!(
+            client.crypto_provider().cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+        );
+        let name = ServerName::try_from("localhost").expect("name");
+        let (_, suite) = handshake_facts(server, client, name).await;
+        assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+
+        // Same suites on offer as rustls' defaults, only the order differs.
+        let mut ours: Vec<_> = crate::tls::crypto_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| u16::from(s.suite()))
+            .collect();
+        let mut default: Vec<_> = rustls::crypto::ring::default_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| u16::from(s.suite()))
+            .collect();
+        ours.sort_unstable();
+        default.sort_unstable();
+        assert_eq!(ours, default);
     }
 
     #[tokio::test]

@@ -19,6 +19,30 @@ use tokio_rustls::LazyConfigAcceptor;
 /// Time a client gets to send its ClientHello and to finish the handshake.
 const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The crypto every TLS session of the proxy uses: ring, with AES-128-GCM ahead of AES-256-GCM
+/// and ChaCha20-Poly1305 on both legs (rustls' own order puts AES-256 first). AES-128-GCM is
+/// TLS 1.3's mandatory suite and what Go, BoringSSL and browsers prefer on CPUs with AES
+/// instructions; it needs 10 rounds per block instead of 14, and bulk crypto is most of an
+/// intercepted body's cost (twice: once per leg). The suites on offer are unchanged.
+pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::ring::{cipher_suite as cs, default_provider};
+    let mut provider = default_provider();
+    let rank = |s: &rustls::SupportedCipherSuite| {
+        [
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ]
+        .iter()
+        .position(|p| p.suite() == s.suite())
+        .unwrap_or(usize::MAX)
+    };
+    provider.cipher_suites.sort_by_key(rank);
+    provider
+}
+
 fn version_name(v: Option<rustls::ProtocolVersion>) -> Option<&'static str> {
     match v? {
         rustls::ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),

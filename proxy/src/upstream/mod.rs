@@ -112,7 +112,7 @@ pub struct UpstreamTls {
 impl UpstreamTls {
     /// System roots plus each PEM bundle in `extra`; or no verification at all when `insecure`.
     pub fn new(extra: &[PathBuf], insecure: bool) -> Result<Self, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(crate::tls::crypto_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS setup: {e}"))?;
