@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from support import k8s
-from support.k8s import (BUNDLE, BUNDLE_VARS, MOUNT_DIR, SAMPLE_REFS, SAMPLES, container, env_of,
-                         init_container, mounts_of)
+from support.k8s import (BUNDLE, BUNDLE_VARS, DOWNWARD_VARS, MOUNT_DIR, SAMPLE_REFS, SAMPLES, container,
+                         env_of, field_refs, init_container, mounts_of)
 
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 COMPONENT = k8s.DEPLOY / "sidecar" / "component"
@@ -66,10 +66,13 @@ def refused(sample: Path, ref: str, ca: Path, out: Path, *flags) -> str:
 
 
 def values(c: dict) -> dict:
-    """name -> value of a container's env (every entry attach writes is a plain value)."""
+    """name -> value of a container's plain env entries. Every entry attach writes is a plain
+    value but the downward API's (field_refs): no reference to a ConfigMap is left."""
     out = {}
     for e in c.get("env", []):
-        assert "valueFrom" not in e, e
+        if "valueFrom" in e:
+            assert list(e["valueFrom"]) == ["fieldRef"], e
+            continue
         out[e["name"]] = e.get("value", "")
     return out
 
@@ -130,6 +133,7 @@ def test_velero_gets_the_sidecar_and_the_trust(attach, ca):
         "FLOWTAP_MODE": "regular,transparent@127.0.0.1:15001",
         "FLOWTAP_CA_FROM": "/flowtap/ca-secret", "FLOWTAP_CA_DIR": "/flowtap/ca",
     }
+    assert field_refs(init) == {}
     sc = init["securityContext"]
     assert (sc["runAsUser"], sc["runAsGroup"], sc["runAsNonRoot"]) == (0, 0, False)
     assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "CHOWN"]}
@@ -147,6 +151,11 @@ def test_velero_gets_the_sidecar_and_the_trust(attach, ca):
         "FLOWTAP_CA_DIR": "/flowtap/ca", "FLOWTAP_OUTPUT": "jsonl", "FLOWTAP_GRACE": "5",
         "RUST_LOG": "info",
     }
+    # The pod's name, namespace and node from the downward API, as deploy/base gives them (the
+    # OTLP resource attributes k8s.pod.name & co.).
+    assert field_refs(proxy) == DOWNWARD_VARS
+    assert [e for e in proxy["env"] if e["name"] in DOWNWARD_VARS] == [
+        {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in DOWNWARD_VARS.items()]
     sc = proxy["securityContext"]
     assert (sc["runAsUser"], sc["runAsGroup"], sc["runAsNonRoot"]) == (10001, 10001, True)
     assert sc["capabilities"] == {"drop": ["ALL"]} and sc["readOnlyRootFilesystem"] is True
@@ -282,9 +291,11 @@ def test_attach_adds_what_the_component_adds(attach, tmp_path):
     def resolved(c: dict) -> dict:
         env = {k: v for k, v in settings.items()} if c.get("envFrom") else {}
         for e in c.get("env", []):
-            if "valueFrom" in e:
+            if "configMapKeyRef" in e.get("valueFrom", {}):
                 ref = e["valueFrom"]["configMapKeyRef"]
                 env[e["name"]] = settings[ref["key"]]
+            elif "valueFrom" in e:
+                env[e["name"]] = e["valueFrom"]  # the downward API: the same reference
             else:
                 env[e["name"]] = e["value"]
         return {k: v for k, v in env.items() if v != ""}

@@ -25,6 +25,7 @@ from support.proxy import REPO_ROOT, clean_env, run_flowtap
 
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 SAMPLE, REF = SAMPLES / "reporter.yaml", "deployment/reporter"
+POD_NAME = "reporter-6b8d9f7c5d-x2k4q"  # one of the Deployment's pods, as its fieldRefs see it
 DOCKERFILE_INIT = k8s.DEPLOY / "sidecar" / "Dockerfile.init"
 
 
@@ -50,12 +51,18 @@ def _paths(c: dict, volumes: dict[str, Path]) -> dict[str, Path]:
             if m["name"] in volumes and "subPath" not in m}
 
 
-def _env(c: dict, volumes: dict[str, Path]) -> dict:
+def _env(c: dict, volumes: dict[str, Path], namespace: str) -> dict:
+    """The container's environment as the kubelet gives it, in a pod of `namespace`: plain values
+    (paths moved to the test's volumes) and the downward API's fields; nothing else is expected."""
     paths = _paths(c, volumes)
     out = {}
     for e in c.get("env", []):
-        assert "valueFrom" not in e, f"{c['name']}: {e}"
-        out[e["name"]] = _mapped(e.get("value", ""), paths)
+        if "valueFrom" in e:
+            assert list(e["valueFrom"]) == ["fieldRef"], f"{c['name']}: {e}"
+            path = e["valueFrom"]["fieldRef"]["fieldPath"]
+            out[e["name"]] = k8s.downward_value(path, POD_NAME, namespace)
+        else:
+            out[e["name"]] = _mapped(e.get("value", ""), paths)
     return out
 
 
@@ -76,6 +83,7 @@ def test_attached_pod_runs_and_is_captured(topo, tmp_path):
     cm = json.loads((out / "configmap.json").read_text())
     pod = k8s.kubectl_patch(SAMPLE, out / "patch.json")
     spec = k8s.pod_spec(pod)
+    namespace = pod["metadata"]["namespace"]
     init, sidecar, app = init_container(pod, "flowtap-init"), init_container(pod, "flowtap"), container(pod, "reporter")
 
     # The pod's volumes, as directories of the test: the Secret, the emptyDirs, the ConfigMap.
@@ -96,7 +104,7 @@ def test_attached_pod_runs_and_is_captured(topo, tmp_path):
     #    as root, with the API server's address, which Kubernetes sets in every container.
     assert f"COPY init-redirect.sh {init['command'][0]}" in DOCKERFILE_INIT.read_text()
     assert init["securityContext"]["runAsUser"] == 0
-    init_env = _env(init, volumes)
+    init_env = _env(init, volumes, namespace)
     r = topo.ns(topo.client, "sh", INIT_SCRIPT, *init["command"][1:], check=False,
                 env={"PATH": os.environ["PATH"], "KUBERNETES_SERVICE_HOST": API_V4, **init_env})
     proxy = None
@@ -109,7 +117,8 @@ def test_attached_pod_runs_and_is_captured(topo, tmp_path):
 
         # 2. The flowtap container: its args and environment (and trust in the test servers'
         #    CA, which a real one has among its public roots), as its uid.
-        penv = _env(sidecar, volumes)
+        penv = _env(sidecar, volumes, namespace)
+        assert (penv["POD_NAME"], penv["POD_NAMESPACE"]) == (POD_NAME, "billing")
         penv["FLOWTAP_UPSTREAM_CA"] = str(topo.pki.ca)
         health = int(penv["FLOWTAP_LISTEN"].rsplit(":", 1)[1])
         assert sidecar["startupProbe"]["httpGet"]["port"] == health
@@ -120,7 +129,7 @@ def test_attached_pod_runs_and_is_captured(topo, tmp_path):
         # 3. The application: the pod's uid, no proxy variables, its trust variables pointing
         #    into the ConfigMap's files.
         app_uid = spec["securityContext"]["runAsUser"]
-        app_env = _env(app, volumes)
+        app_env = _env(app, volumes, namespace)
         assert not [v for v in app_env if v.lower().endswith("_proxy")], app_env
         assert app_env["CURL_CA_BUNDLE"] == app_env["REQUESTS_CA_BUNDLE"] == str(trust / "ca-certificates.crt")
         env = clean_env({**app_env, "PATH": os.environ["PATH"]})

@@ -16,6 +16,7 @@ import sys
 import pytest
 import yaml
 
+from support import k8s
 from support.nginx import JSON_BODY, SMALL_BODY
 from support.netns import (  # noqa: F401 - fixtures
     API_NAME, API_V4, CLIENT_V4, EXTRA_TLS_PORT, INIT_SCRIPT, SERVER_NAME, SERVER_V4, SidecarProxy, topo,
@@ -24,6 +25,7 @@ from support.proxy import REPO_ROOT, run_flowtap
 
 SIDECAR = REPO_ROOT / "deploy" / "sidecar"
 EXAMPLE = SIDECAR / "example"
+POD_NAME = "demo-7c5d9b8f6-k3m2p"  # one of the example Deployment's pods, as its fieldRefs see it
 
 
 def kustomize(path) -> list[dict]:
@@ -55,15 +57,18 @@ def container(pod, name):
     raise AssertionError(f"no container {name}: {[c['name'] for c in pod.get('initContainers', [])]}")
 
 
-def resolved_env(c, configmaps) -> dict:
-    """A container's environment as the kubelet would give it: envFrom ConfigMaps, then env
-    (values, configMapKeyRef, $(VAR) references to earlier variables)."""
+def resolved_env(c, configmaps, namespace) -> dict:
+    """A container's environment as the kubelet would give it in a pod POD_NAME of `namespace`:
+    envFrom ConfigMaps, then env (values, configMapKeyRef, the downward API's fieldRef, $(VAR)
+    references to earlier variables)."""
     env = {}
     for src in c.get("envFrom", []):
         env.update(configmaps[src["configMapRef"]["name"]])
     for e in c.get("env", []):
         if "value" in e:
             env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"])
+        elif "fieldRef" in e["valueFrom"]:
+            env[e["name"]] = k8s.downward_value(e["valueFrom"]["fieldRef"]["fieldPath"], POD_NAME, namespace)
         else:
             ref = e["valueFrom"]["configMapKeyRef"]
             env[e["name"]] = configmaps[ref["name"]][ref["key"]]
@@ -86,7 +91,8 @@ def test_the_pieces_agree(built):
     docs, _ = built
     cm = by_kind_name(docs, "ConfigMap", "flowtap-sidecar")
     settings = cm["data"]
-    pod = by_kind_name(docs, "Deployment", "demo")["spec"]["template"]["spec"]
+    demo = by_kind_name(docs, "Deployment", "demo")
+    pod, namespace = demo["spec"]["template"]["spec"], demo["metadata"]["namespace"]
     names = [c["name"] for c in pod["initContainers"]]
     assert names == ["flowtap-init", "flowtap"], names
     init, proxy = container(pod, "flowtap-init"), container(pod, "flowtap")
@@ -108,15 +114,18 @@ def test_the_pieces_agree(built):
 
     # The port the rules redirect to is where --mode transparent listens (on loopback, where
     # REDIRECT delivers locally generated connections).
-    penv = resolved_env(proxy, configmaps)
+    penv = resolved_env(proxy, configmaps, namespace)
     assert f"transparent@127.0.0.1:{settings['FLOWTAP_PROXY_PORT']}" in penv["FLOWTAP_MODE"].split(",")
     # The probes reach the regular listener's /healthz.
     listen_port = int(penv["FLOWTAP_LISTEN"].rsplit(":", 1)[1])
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert proxy[probe]["httpGet"] == {"path": "/healthz", "port": listen_port}, proxy[probe]
     assert proxy["restartPolicy"] == "Always", "a native sidecar, started before the app"
+    # The pod's name, namespace and node from the downward API, as deploy/base gives them.
+    assert k8s.field_refs(proxy) == k8s.DOWNWARD_VARS
+    assert (penv["POD_NAME"], penv["POD_NAMESPACE"]) == (POD_NAME, "demo")
     # The CA copy the init container makes is the directory flowtap reads.
-    ienv = resolved_env(init, configmaps)
+    ienv = resolved_env(init, configmaps, namespace)
     assert ienv["FLOWTAP_CA_DIR"] == penv["FLOWTAP_CA_DIR"]
     mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
     assert mounts[ienv["FLOWTAP_CA_DIR"]] == {m["mountPath"]: m["name"] for m in proxy["volumeMounts"]}[penv["FLOWTAP_CA_DIR"]]
@@ -133,11 +142,12 @@ def test_recipe_runs_in_a_namespace(topo, built, tmp_path):
     """The built manifest, executed: init container, then the flowtap container, then an app."""
     docs, _ = built
     cm = by_kind_name(docs, "ConfigMap", "flowtap-sidecar")
-    pod = by_kind_name(docs, "Deployment", "demo")["spec"]["template"]["spec"]
+    demo = by_kind_name(docs, "Deployment", "demo")
+    pod, namespace = demo["spec"]["template"]["spec"], demo["metadata"]["namespace"]
     configmaps = {cm["metadata"]["name"]: cm["data"]}
-    init_env = resolved_env(container(pod, "flowtap-init"), configmaps)
+    init_env = resolved_env(container(pod, "flowtap-init"), configmaps, namespace)
     proxy_c = container(pod, "flowtap")
-    proxy_env = resolved_env(proxy_c, configmaps)
+    proxy_env = resolved_env(proxy_c, configmaps, namespace)
     uid = int(init_env["FLOWTAP_PROXY_UID"])
     app_uid = pod["securityContext"]["runAsUser"]
 

@@ -246,23 +246,11 @@ fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, String> {
     Ok(data)
 }
 
-/// "64MiB", "1G", "1048576": bytes, with K/M/G (KB/KiB… all powers of 1024).
+/// "64MiB", "1G", "1.5G", "1048576": bytes, read as the proxy reads its size flags (one parser,
+/// flowtap's: K/KB/KiB… all powers of 1024, and its error messages).
 fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a whole number of bytes, e.g. 512MiB"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => return Err(format!("{s:?}: unknown unit (B, KiB, MiB or GiB)")),
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    let n = flowtap::record::capture::parse_size(s)?;
+    u64::try_from(n).map_err(|_| format!("size {s:?} is too large"))
 }
 
 #[cfg(test)]
@@ -274,8 +262,16 @@ mod tests {
         assert_eq!(parse_size("512MiB"), Ok(512 << 20));
         assert_eq!(parse_size("2g"), Ok(2 << 30));
         assert_eq!(parse_size("1048576"), Ok(1 << 20));
-        assert!(parse_size("1.5G").is_err());
-        assert!(parse_size("12 parsecs").is_err());
+        assert_eq!(parse_size("64 MB"), Ok(64 << 20));
+        // The proxy's syntax, decimals included (the collector took whole numbers only).
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        for s in ["", "G", "-1", "1.2.3", "12 parsecs", "1TB"] {
+            let err = parse_size(s).expect_err(s);
+            assert!(
+                err.contains(&format!("{s:?}")) && err.contains("GiB"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -35,6 +35,11 @@ RECORD_ANNOTATION = "flowtap.dev/attached"
 # The CA bundle variables attach sets in every variant.
 BUNDLE_VARS = ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE",
                "GIT_SSL_CAINFO", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"]
+# The downward-API variables of the flowtap container, in deploy/base and in the sidecar
+# component (and so in attach --transparent): name -> fieldRef.fieldPath. --output otlp reports
+# them as k8s.pod.name, k8s.namespace.name and k8s.node.name.
+DOWNWARD_VARS = {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
+                 "NODE_NAME": "spec.nodeName"}
 # The sample workloads of k8s_samples/ and how attach names them.
 SAMPLE_REFS = {
     "velero.yaml": "deployment/velero",
@@ -215,6 +220,18 @@ def init_container(obj: dict, name: str) -> dict:
 def env_of(c: dict) -> dict:
     """name -> the env entry."""
     return {e["name"]: e for e in c.get("env", [])}
+
+
+def field_refs(c: dict) -> dict:
+    """name -> fieldRef.fieldPath, for a container's env entries from the downward API."""
+    return {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c.get("env", [])
+            if "fieldRef" in e.get("valueFrom", {})}
+
+
+def downward_value(field_path: str, pod_name: str, namespace: str, node: str = "node-a") -> str:
+    """What the kubelet gives an env entry with this fieldRef, in a pod `pod_name` of `namespace`
+    scheduled on `node` (the fields the flowtap containers read)."""
+    return {"metadata.name": pod_name, "metadata.namespace": namespace, "spec.nodeName": node}[field_path]
 
 
 def mounts_of(c: dict) -> dict:
