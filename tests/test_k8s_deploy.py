@@ -77,10 +77,8 @@ def test_base_proxy_deployment():
     assert env["FLOWTAP_OUTPUT"] == "jsonl", "JSON lines on stdout"
     assert env["FLOWTAP_LISTEN"] == "0.0.0.0:8080"
     # The downward-API variables --output otlp turns into k8s.* resource attributes.
-    field_refs = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
-                  for e in c["env"] if "valueFrom" in e}
-    assert field_refs == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
-                          "NODE_NAME": "spec.nodeName"}
+    assert [e["name"] for e in c["env"] if "valueFrom" in e] == list(k8s.DOWNWARD_VARS)
+    assert k8s.field_refs(c) == k8s.DOWNWARD_VARS
     assert c["ports"] == [{"name": "proxy", "containerPort": 8080, "protocol": "TCP"}]
     for probe in ("readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "proxy"}, probe
@@ -199,7 +197,7 @@ def _containers(docs):
 
 # Read by the binaries but not flags: the log filter, and the downward-API variables the OTLP
 # output turns into k8s.* resource attributes (proxy/src/output/otlp/config.rs, K8S_VARS).
-NOT_FLAGS = {"RUST_LOG", "POD_NAME", "POD_NAMESPACE", "NODE_NAME"}
+NOT_FLAGS = {"RUST_LOG", *k8s.DOWNWARD_VARS}
 
 
 def test_every_variable_is_a_real_flag():
