@@ -2,17 +2,25 @@
 //! proxy keeps the other to answer `408` after hyper gave up on a slow request head. Unlike a
 //! duplicated descriptor, this costs no second file descriptor per connection.
 
+use socket2::SockRef;
 use std::io;
+use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 #[derive(Clone)]
 pub struct SharedStream(pub Arc<TcpStream>);
 
 impl AsyncRead for SharedStream {
+    /// Reads like tokio's own `TcpStream::poll_read`, including its shortcut: a read that did
+    /// not fill the buffer drained the socket, so readiness is cleared then and there, and the
+    /// next poll waits for the reactor instead of finding out with a `recv` that fails with
+    /// `EAGAIN` (one wasted syscall per request otherwise). Readiness is cleared only if no new
+    /// event arrived since the read began (`try_io` compares the event's tick), so data that
+    /// lands meanwhile still wakes the task.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -20,14 +28,26 @@ impl AsyncRead for SharedStream {
     ) -> Poll<io::Result<()>> {
         loop {
             ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            let unfilled = buf.initialize_unfilled();
+            let len = unfilled.len();
+            let mut drained = None;
+            let read = self.0.try_io(Interest::READABLE, || {
+                let n = (&*SockRef::from(&*self.0)).read(unfilled)?;
+                if 0 < n && n < len {
+                    // Reported as WouldBlock so that `try_io` clears readiness; the bytes
+                    // are returned below.
+                    drained = Some(n);
+                    return Err(io::ErrorKind::WouldBlock.into());
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+                Ok(n)
+            });
+            let n = match (read, drained) {
+                (_, Some(n)) | (Ok(n), None) => n,
+                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (Err(e), None) => return Poll::Ready(Err(e)),
+            };
+            buf.advance(n);
+            return Poll::Ready(Ok(()));
         }
     }
 }
@@ -70,6 +90,88 @@ impl AsyncWrite for SharedStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+        Poll::Ready(SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (SharedStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (
+            SharedStream(Arc::new(accepted.expect("accept").0)),
+            client.expect("connect"),
+        )
+    }
+
+    /// A short read clears readiness; bytes that arrive afterwards must still wake the reader.
+    #[tokio::test]
+    async fn data_after_a_short_read_still_wakes_the_reader() {
+        let (mut shared, mut peer) = pair().await;
+        let mut buf = [0u8; 64];
+        peer.write_all(b"first").await.expect("write");
+        let n = shared.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"first");
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            peer.write_all(b"second").await.expect("write");
+            peer
+        });
+        let n = tokio::time::timeout(Duration::from_secs(5), shared.read(&mut buf))
+            .await
+            .expect("woken by the second write")
+            .expect("read");
+        assert_eq!(&buf[..n], b"second");
+        drop(writer.await.expect("writer"));
+        let n = tokio::time::timeout(Duration::from_secs(5), shared.read(&mut buf))
+            .await
+            .expect("woken by EOF")
+            .expect("read");
+        assert_eq!(n, 0, "EOF after the peer closed");
+    }
+
+    /// Many small exchanges in both directions, racing writes against reads: every byte
+    /// arrives and nothing hangs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ping_pong_never_loses_a_wakeup() {
+        let (shared, mut peer) = pair().await;
+        let echo = tokio::spawn(async move {
+            let (mut r, mut w) = (shared.clone(), shared);
+            let mut buf = [0u8; 7];
+            loop {
+                let n = r.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                w.write_all(&buf[..n]).await.expect("write");
+            }
+        });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        for i in 0..2000u32 {
+            let msg = i.to_string();
+            peer.write_all(msg.as_bytes()).await.expect("write");
+            let mut seen = 0;
+            while seen < msg.len() {
+                let n = tokio::time::timeout(Duration::from_secs(5), peer.read(&mut buf))
+                    .await
+                    .expect("echo within 5 s")
+                    .expect("read");
+                assert!(n > 0);
+                got.extend_from_slice(&buf[..n]);
+                seen += n;
+            }
+        }
+        peer.shutdown().await.expect("shutdown");
+        echo.await.expect("echo task");
+        let want: String = (0..2000u32).map(|i| i.to_string()).collect();
+        assert_eq!(String::from_utf8(got).expect("utf8"), want);
     }
 }
