@@ -67,8 +67,8 @@ pub fn rfc3339_micros(t: SystemTime) -> String {
     out
 }
 
-/// Appends `n` in decimal, zero-padded to `width` digits.
-fn push_padded(out: &mut String, n: u32, width: usize) {
+/// Appends `n` in decimal, zero-padded to `width` digits (0: as many as it takes).
+fn push_padded<I: itoa::Integer>(out: &mut String, n: I, width: usize) {
     let mut buf = itoa::Buffer::new();
     let digits = buf.format(n);
     for _ in digits.len()..width {
@@ -79,11 +79,9 @@ fn push_padded(out: &mut String, n: u32, width: usize) {
 
 /// `c-ID`, the record's `connection_id`.
 fn connection_id(id: u64) -> String {
-    let mut buf = itoa::Buffer::new();
-    let digits = buf.format(id);
-    let mut out = String::with_capacity(2 + digits.len());
+    let mut out = String::with_capacity(22);
     out.push_str("c-");
-    out.push_str(digits);
+    push_padded(&mut out, id, 0);
     out
 }
 
@@ -92,12 +90,11 @@ fn ip_text(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => {
             let mut out = String::with_capacity(15);
-            let mut buf = itoa::Buffer::new();
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
                     out.push('.');
                 }
-                out.push_str(buf.format(octet));
+                push_padded(&mut out, octet, 0);
             }
             out
         }

@@ -445,7 +445,7 @@ impl CaFiles {
 }
 
 fn provider() -> CryptoProvider {
-    super::crypto_provider()
+    rustls::crypto::ring::default_provider()
 }
 
 fn random() -> &'static dyn SecureRandom {
