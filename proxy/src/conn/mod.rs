@@ -3,6 +3,7 @@
 
 pub mod detect;
 pub mod prefixed;
+pub mod recv;
 pub mod shared_stream;
 
 use crate::connect::{inspect, Entry};

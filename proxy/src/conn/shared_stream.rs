@@ -4,7 +4,6 @@
 
 use socket2::SockRef;
 use std::io;
-use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -20,7 +19,8 @@ impl AsyncRead for SharedStream {
     /// next poll waits for the reactor instead of finding out with a `recv` that fails with
     /// `EAGAIN` (one wasted syscall per request otherwise). Readiness is cleared only if no new
     /// event arrived since the read began (`try_io` compares the event's tick), so data that
-    /// lands meanwhile still wakes the task.
+    /// lands meanwhile still wakes the task. Like tokio's, it does not zero the buffer's spare
+    /// room first (see [`super::recv`]).
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -28,26 +28,23 @@ impl AsyncRead for SharedStream {
     ) -> Poll<io::Result<()>> {
         loop {
             ready!(self.0.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            let len = unfilled.len();
-            let mut drained = None;
+            let room = buf.remaining();
+            let mut drained = false;
             let read = self.0.try_io(Interest::READABLE, || {
-                let n = (&*SockRef::from(&*self.0)).read(unfilled)?;
-                if 0 < n && n < len {
+                let n = super::recv::into_spare(&self.0, buf)?;
+                if 0 < n && n < room {
                     // Reported as WouldBlock so that `try_io` clears readiness; the bytes
-                    // are returned below.
-                    drained = Some(n);
+                    // are in `buf` already.
+                    drained = true;
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
                 Ok(n)
             });
-            let n = match (read, drained) {
-                (_, Some(n)) | (Ok(n), None) => n,
-                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                (Err(e), None) => return Poll::Ready(Err(e)),
-            };
-            buf.advance(n);
-            return Poll::Ready(Ok(()));
+            match (read, drained) {
+                (_, true) | (Ok(_), false) => return Poll::Ready(Ok(())),
+                (Err(e), false) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (Err(e), false) => return Poll::Ready(Err(e)),
+            }
         }
     }
 }
