@@ -6,6 +6,17 @@ pub mod prefixed;
 pub mod recv;
 pub mod shared_stream;
 
+/// For tests: a connected TCP pair on loopback, as (the accepted side, the connecting side).
+#[cfg(test)]
+pub(crate) async fn loopback_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    (accepted.expect("accept").0, client.expect("connect"))
+}
+
 use crate::connect::{inspect, Entry};
 use crate::http::forward::handle;
 use crate::http::{Route, Session, Shared};

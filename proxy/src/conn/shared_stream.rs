@@ -96,16 +96,10 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
     async fn pair() -> (SharedStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (
-            SharedStream(Arc::new(accepted.expect("accept").0)),
-            client.expect("connect"),
-        )
+        let (accepted, client) = crate::conn::loopback_pair().await;
+        (SharedStream(Arc::new(accepted)), client)
     }
 
     /// A short read clears readiness; bytes that arrive afterwards must still wake the reader.

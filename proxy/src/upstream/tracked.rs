@@ -143,18 +143,16 @@ mod tests {
     /// sender pauses, and the end of the stream is seen.
     #[tokio::test]
     async fn read_ahead_passes_every_byte_and_gives_the_buffer_back() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (mut s, client) = crate::conn::loopback_pair().await;
         let data: Vec<u8> = (0..600_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let sent = data.clone();
         let (pause_tx, pause_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
             s.write_all(&sent[..300_000]).await.unwrap();
             let _ = pause_rx.await;
             s.write_all(&sent[300_000..]).await.unwrap();
         });
-        let mut t = Tracked::new(TcpStream::connect(addr).await.unwrap()).read_ahead();
+        let mut t = Tracked::new(client).read_ahead();
         let mut got = Vec::new();
         let mut piece = [0u8; 4096];
         let mut saw_buffer = false;
