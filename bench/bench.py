@@ -482,13 +482,13 @@ def markdown(meta: dict, summary: dict, targets: list[dict], scenarios: list[str
     lines.append(f"{meta['rounds']} rounds per scenario, {meta['duration_s']:g} s timed after {meta['warmup_s']:g} s warm-up, "
                  "contenders in rotating order; each row is the run with the median req/s "
                  "(lower middle for an even count; (f): median RSS). `direct` has no proxy, so it has no CPU or RSS. "
-                 "CPU = proxy utime+stime per request; peak RSS = proxy VmHWM (restarted every run); "
+                 "CPU = proxy utime+stime per request; nginx = nginx worker's utime+stime per request; peak RSS = proxy VmHWM (restarted every run); "
                  "MB/s = 10^6 bytes of body per second; errors = failed requests + non-2xx.")
     lines.append("")
     load = [s for s in scenarios if s != "f"]
     if load:
-        lines.append("| scen. | contender | req/s | % direct | × mitmdump | p50 ms | p99 ms | MB/s | CPU µs/req | peak RSS MiB | errors | req/s of all runs |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        lines.append("| scen. | contender | req/s | % direct | × mitmdump | p50 ms | p99 ms | MB/s | CPU µs/req | nginx µs/req | peak RSS MiB | errors | req/s of all runs |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for sc in load:
             for name in contenders:
                 row = summary.get(sc, {}).get(name)
@@ -497,15 +497,16 @@ def markdown(meta: dict, summary: dict, targets: list[dict], scenarios: list[str
                 rep = row.get("reported")
                 runs = ", ".join(v if isinstance(v, str) else fmt(v, ".0f") for v in row["all_rps"])
                 if not rep:
-                    lines.append(f"| {sc} | {name} | FAILED | | | | | | | | | {runs} |")
+                    lines.append(f"| {sc} | {name} | FAILED | | | | | | | | | | {runs} |")
                     continue
                 hwm = rep.get("hwm_kib")
-                lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                     sc, name, fmt(rep["rps"], ",.0f"),
                     fmt(row.get("share_of_direct") and row["share_of_direct"] * 100, ".0f") + ("%" if row.get("share_of_direct") else ""),
                     fmt(row.get("ratio_to_mitmdump"), ".1f"),
                     fmt(rep.get("p50_ms"), ".3f"), fmt(rep.get("p99_ms"), ".2f"), fmt(rep.get("mbps"), ".1f"),
-                    fmt(rep.get("cpu_us_per_req"), ".1f"), fmt(hwm and hwm / 1024, ".1f"),
+                    fmt(rep.get("cpu_us_per_req"), ".1f"), fmt(rep.get("nginx_cpu_us_per_req"), ".1f"),
+                    fmt(hwm and hwm / 1024, ".1f"),
                     rep.get("errors", 0) + row["failed_runs"], runs))
         lines.append("")
     if "f" in scenarios and summary.get("f"):
