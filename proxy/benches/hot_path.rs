@@ -6,8 +6,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use flowtap::record::build::to_flow;
 use flowtap::record::capture::{Capture, CaptureMode};
 use flowtap::record::{
-    BodyFacts, ConnInfo, ConnectTimings, Exchange, Mode, Record, RequestBodySlot, RequestHead,
-    ResponseHead, ServerFacts, TlsFacts,
+    BodyFacts, ConnInfo, ConnectTimings, Exchange, HeaderList, Mode, Record, RequestBodySlot,
+    RequestHead, ResponseHead, ServerFacts, TlsFacts,
 };
 use flowtap::redact::{Redactor, RedactorConfig};
 use flowtap::tls::ca::CertificateAuthority;
@@ -20,13 +20,26 @@ use std::time::{Duration, Instant, SystemTime};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+fn header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in pairs {
         h.append(*k, v.parse().expect("valid header"));
     }
     h
 }
+
+fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderList {
+    HeaderList::from_map(&header_map(pairs))
+}
+
+/// The response head of [`exchange`], as hyper hands it over.
+const RESPONSE_HEADERS: &[(&str, &str)] = &[
+    ("content-type", "application/xml"),
+    ("content-length", "354"),
+    ("x-amz-request-id", "4442587FB7D0A2F9"),
+    ("date", "Mon, 12 Aug 2024 09:23:28 GMT"),
+    ("server", "AmazonS3"),
+];
 
 /// A typical intercepted HTTPS exchange: an SDK call with a SigV4 signature and a JSON answer.
 fn exchange(conn: &Arc<ConnInfo>, tls: &Arc<TlsFacts>) -> Record {
@@ -64,13 +77,7 @@ fn exchange(conn: &Arc<ConnInfo>, tls: &Arc<TlsFacts>) -> Record {
         response: Some(ResponseHead {
             status: StatusCode::OK,
             version: Version::HTTP_2,
-            headers: headers(&[
-                ("content-type", "application/xml"),
-                ("content-length", "354"),
-                ("x-amz-request-id", "4442587FB7D0A2F9"),
-                ("date", "Mon, 12 Aug 2024 09:23:28 GMT"),
-                ("server", "AmazonS3"),
-            ]),
+            headers: headers(RESPONSE_HEADERS),
         }),
         response_body: Some(BodyFacts {
             capture: Capture::new(CaptureMode::None, 0),
@@ -105,6 +112,10 @@ fn benches(c: &mut Criterion) {
     let redactor = Redactor::new(&RedactorConfig::default());
     let flow = to_flow(exchange(&conn, &tls), &redactor);
 
+    let response_map = header_map(RESPONSE_HEADERS);
+    c.bench_function("record/copy a response head (traffic path)", |b| {
+        b.iter(|| HeaderList::from_map(black_box(&response_map)))
+    });
     c.bench_function("record/build (facts -> Flow, redacted)", |b| {
         b.iter_batched(
             || exchange(&conn, &tls),

@@ -278,7 +278,7 @@ async fn forward(
             method: parts.method.clone(),
             url,
             version: client_version,
-            headers: crate::record::detached_headers(&parts.headers),
+            headers: crate::record::HeaderList::from_map(&parts.headers),
         },
         request_body: Some(slot.clone()),
         response: None,
@@ -375,7 +375,7 @@ async fn forward(
     x.response = Some(ResponseHead {
         status: resp.status(),
         version: resp.version(),
-        headers: crate::record::detached_headers(resp.headers()),
+        headers: crate::record::HeaderList::from_map(resp.headers()),
     });
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

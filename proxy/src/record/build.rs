@@ -4,7 +4,8 @@ use super::{BodyFacts, Exchange, Record, TlsFacts, TunnelRecord};
 use crate::redact::Redactor;
 use flowtap_schema::json::{escape_bytes, join_separator};
 use flowtap_schema::{self as schema, Flow, Header, SCHEMA_VERSION};
-use http::{HeaderMap, Version};
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, Version};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -142,27 +143,36 @@ fn getrandom_seed(buf: &mut [u8]) -> std::io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
-/// Renders a header map as the record's list: one entry per name, repeated fields joined.
-/// `HeaderMap::iter` yields every value of a name before the next name (from the same stored
-/// key), so one pass without a lookup per name is enough.
-pub fn render_headers(map: &HeaderMap) -> Vec<Header> {
-    let mut out: Vec<Header> = Vec::with_capacity(map.keys_len());
-    let mut last: Option<&http::HeaderName> = None;
-    for (name, v) in map.iter() {
+/// Renders a header section as the record's list: one entry per name, repeated fields joined.
+/// The fields come with every value of a name together (as `HeaderMap::iter` and
+/// [`HeaderList::iter`] give them), so one pass comparing each name with the one before is
+/// enough.
+pub fn render_headers<'a>(
+    fields: impl IntoIterator<Item = (&'a HeaderName, &'a [u8])>,
+) -> Vec<Header> {
+    let fields = fields.into_iter();
+    let mut out: Vec<Header> = Vec::with_capacity(fields.size_hint().0);
+    let mut last: Option<&HeaderName> = None;
+    for (name, v) in fields {
         if let (Some(prev), Some(h)) = (last, out.last_mut()) {
-            if std::ptr::eq(prev, name) {
+            if prev == name {
                 h.value.push_str(join_separator(name.as_str()));
-                h.value.push_str(&escape_bytes(v.as_bytes()));
+                h.value.push_str(&escape_bytes(v));
                 continue;
             }
         }
         last = Some(name);
         out.push(Header {
             name: name.as_str().to_string(),
-            value: escape_bytes(v.as_bytes()),
+            value: escape_bytes(v),
         });
     }
     out
+}
+
+/// A header map's fields for [`render_headers`].
+fn map_fields(map: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &[u8])> {
+    map.iter().map(|(n, v)| (n, v.as_bytes()))
 }
 
 /// IPv6 literals without their URL brackets, the same on every path.
@@ -171,10 +181,6 @@ fn bare_host(host: String) -> String {
         Some(inner) => inner.to_string(),
         None => host,
     }
-}
-
-fn header_str<'a>(map: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    map.get(name).and_then(|v| v.to_str().ok())
 }
 
 fn endpoint(addr: SocketAddr) -> schema::Endpoint {
@@ -214,7 +220,7 @@ fn http_flow(x: Exchange, redactor: &Redactor) -> Flow {
         .map(|s| s.bytes.load(std::sync::atomic::Ordering::Relaxed));
     let req_end = req_facts.as_ref().and_then(|f| f.end);
 
-    let mut req_headers = render_headers(&x.request.headers);
+    let mut req_headers = render_headers(x.request.headers.iter());
     redactor.headers(&mut req_headers, "request.headers", &mut redacted);
     let url = match redactor.url(&x.request.url, &mut redacted) {
         Some(u) => u,
@@ -232,19 +238,19 @@ fn http_flow(x: Exchange, redactor: &Redactor) -> Flow {
             .or(Some(0)),
         body: req_facts.as_ref().and_then(|f| {
             f.capture.finish(
-                header_str(&x.request.headers, "content-type"),
-                header_str(&x.request.headers, "content-encoding"),
+                x.request.headers.get_str(&CONTENT_TYPE),
+                x.request.headers.get_str(&CONTENT_ENCODING),
             )
         }),
         trailers: Vec::new(),
     };
     if let Some(t) = req_facts.as_ref().and_then(|f| f.trailers.as_ref()) {
-        request.trailers = render_headers(t);
+        request.trailers = render_headers(map_fields(t));
         redactor.headers(&mut request.trailers, "request.trailers", &mut redacted);
     }
 
     let response = x.response.as_ref().map(|head| {
-        let mut headers = render_headers(&head.headers);
+        let mut headers = render_headers(head.headers.iter());
         redactor.headers(&mut headers, "response.headers", &mut redacted);
         let body = x.response_body.as_ref();
         let mut r = schema::Response {
@@ -263,14 +269,14 @@ fn http_flow(x: Exchange, redactor: &Redactor) -> Flow {
             body_size: Some(body.map(|b| b.capture.size()).unwrap_or(0)),
             body: body.and_then(|b| {
                 b.capture.finish(
-                    header_str(&head.headers, "content-type"),
-                    header_str(&head.headers, "content-encoding"),
+                    head.headers.get_str(&CONTENT_TYPE),
+                    head.headers.get_str(&CONTENT_ENCODING),
                 )
             }),
             trailers: Vec::new(),
         };
         if let Some(t) = body.and_then(|b| b.trailers.as_ref()) {
-            r.trailers = render_headers(t);
+            r.trailers = render_headers(map_fields(t));
             redactor.headers(&mut r.trailers, "response.trailers", &mut redacted);
         }
         r
@@ -386,7 +392,11 @@ mod tests {
         m.append("set-cookie", "y=2".parse().unwrap());
         m.append("x-one", "1".parse().unwrap());
         m.append("accept", "c".parse().unwrap());
-        let h = render_headers(&m);
+        let h = render_headers(map_fields(&m));
+        assert_eq!(
+            render_headers(super::super::HeaderList::from_map(&m).iter()),
+            h
+        );
         assert_eq!(h.len(), 3);
         assert_eq!(h[0], Header::new("accept", "a, b, c"));
         assert_eq!(h[1], Header::new("set-cookie", "x=1\ny=2"));

@@ -1,5 +1,5 @@
-//! The facts of one exchange, gathered on the hot path as cheaply as possible (header maps are
-//! cloned, not rendered; bodies are counted and, when asked, captured up to a limit), then turned
+//! The facts of one exchange, gathered on the hot path as cheaply as possible (header sections
+//! are copied, not rendered; bodies are counted and, when asked, captured up to a limit), then turned
 //! into a [`flowtap_schema::Flow`] on the writer thread by [`build`].
 
 pub mod build;
@@ -8,7 +8,7 @@ pub mod tap;
 
 use capture::Capture;
 use flowtap_schema::ErrorKind;
-use http::{HeaderMap, Method, StatusCode, Version};
+use http::{HeaderMap, HeaderName, Method, StatusCode, Version};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -88,30 +88,62 @@ pub struct ConnectTimings {
     pub tls: Option<Duration>,
 }
 
-/// A copy of `map` for a record that shares no memory with the connection it came from.
+/// A header section as the record keeps it: every field in the order `HeaderMap::iter` gives
+/// them (all values of a name together), sharing no memory with the connection it came from.
 ///
-/// hyper's header values are slices of the connection's read buffer: a plain clone would keep
-/// that buffer (8 KiB and more) alive until the writer has written the record, and make hyper
-/// allocate a new one for the next message on the connection. Here every value is copied into
-/// one allocation for the whole map instead.
-pub fn detached_headers(map: &HeaderMap) -> HeaderMap {
-    let total: usize = map.values().map(|v| v.len()).sum();
-    let mut bytes = bytes::BytesMut::with_capacity(total);
-    for v in map.values() {
-        bytes.extend_from_slice(v.as_bytes());
+/// hyper's header values are slices of the connection's read buffer: a plain clone of the map
+/// would keep that buffer (8 KiB and more) alive until the writer has written the record, and
+/// make hyper allocate a new one for the next message on the connection. Here every value is
+/// copied into one buffer for the whole section, and the names into one list: two allocations,
+/// no hashing and no second validation of the values, on the traffic path. The writer reads it
+/// in order and looks up the odd field (`content-type`) by scanning.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderList {
+    /// Every value, one after the other.
+    values: Vec<u8>,
+    /// Each field's name and where its value ends in `values`.
+    fields: Vec<(HeaderName, usize)>,
+}
+
+impl HeaderList {
+    pub fn from_map(map: &HeaderMap) -> Self {
+        let total: usize = map.values().map(|v| v.len()).sum();
+        let mut values = Vec::with_capacity(total);
+        let mut fields = Vec::with_capacity(map.len());
+        for (name, v) in map {
+            values.extend_from_slice(v.as_bytes());
+            fields.push((name.clone(), values.len()));
+        }
+        HeaderList { values, fields }
     }
-    let mut all = bytes.freeze();
-    let mut out = HeaderMap::with_capacity(map.len());
-    for (name, v) in map {
-        let copy = all.split_to(v.len());
-        // Same bytes as a value that was valid already.
-        let Ok(mut value) = http::HeaderValue::from_maybe_shared(copy) else {
-            continue;
-        };
-        value.set_sensitive(v.is_sensitive());
-        out.append(name.clone(), value);
+
+    /// Every field, in order: the name and the value's bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &[u8])> {
+        let mut start = 0;
+        self.fields.iter().map(move |(name, end)| {
+            let value = &self.values[start..*end];
+            start = *end;
+            (name, value)
+        })
     }
-    out
+
+    /// The first value of `name`, as `HeaderMap::get`.
+    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The first value of `name` if it is text, as `HeaderMap::get` + `to_str`.
+    pub fn get_str(&self, name: &HeaderName) -> Option<&str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
 }
 
 #[derive(Debug)]
@@ -119,14 +151,14 @@ pub struct RequestHead {
     pub method: Method,
     pub url: String,
     pub version: Version,
-    pub headers: HeaderMap,
+    pub headers: HeaderList,
 }
 
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
-    pub headers: HeaderMap,
+    pub headers: HeaderList,
 }
 
 /// What a body tap saw.
@@ -233,11 +265,11 @@ pub enum Record {
 
 #[cfg(test)]
 mod tests {
-    use super::detached_headers;
-    use http::{HeaderMap, HeaderName, HeaderValue};
+    use super::HeaderList;
+    use http::{header, HeaderMap, HeaderValue};
 
     #[test]
-    fn detached_headers_are_equal_in_order_and_share_no_memory() {
+    fn header_list_keeps_order_and_values_and_shares_no_memory() {
         let buffer = bytes::Bytes::from_static(b"abc; q=1text/plainsecret");
         let mut map = HeaderMap::new();
         map.append(
@@ -249,25 +281,39 @@ mod tests {
             HeaderValue::from_maybe_shared(buffer.slice(8..18)).unwrap(),
         );
         map.append("accept", HeaderValue::from_static("*/*"));
-        let mut secret = HeaderValue::from_maybe_shared(buffer.slice(18..)).unwrap();
-        secret.set_sensitive(true);
-        map.append(http::header::AUTHORIZATION, secret);
+        map.append("x-empty", HeaderValue::from_static(""));
+        map.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_maybe_shared(buffer.slice(18..)).unwrap(),
+        );
 
-        let copy = detached_headers(&map);
-        let pairs = |m: &HeaderMap| -> Vec<(HeaderName, Vec<u8>, bool)> {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_bytes().to_vec(), v.is_sensitive()))
-                .collect()
-        };
-        assert_eq!(pairs(&copy), pairs(&map));
-        assert!(copy[http::header::AUTHORIZATION].is_sensitive());
+        let list = HeaderList::from_map(&map);
+        let pairs: Vec<(String, Vec<u8>)> = list
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_vec()))
+            .collect();
+        let want: Vec<(String, Vec<u8>)> = map
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(pairs, want);
+        // HeaderMap::iter gives every value of a name together.
+        assert_eq!(pairs[0].0, "accept");
+        assert_eq!(pairs[1], ("accept".to_string(), b"*/*".to_vec()));
+        assert_eq!(list.len(), 5);
+
+        assert_eq!(list.get(&header::ACCEPT), Some(&b"abc; q=1"[..]));
+        assert_eq!(list.get_str(&header::AUTHORIZATION), Some("secret"));
+        assert_eq!(list.get_str(&"x-empty".parse().unwrap()), Some(""));
+        assert_eq!(list.get(&header::CONTENT_TYPE), None);
+
         let original = buffer.as_ptr_range();
-        for v in copy.values() {
+        for (_, v) in list.iter() {
             assert!(
-                !original.contains(&v.as_bytes().as_ptr()),
+                v.is_empty() || !original.contains(&v.as_ptr()),
                 "{v:?} still points into the connection's buffer"
             );
         }
-        assert!(detached_headers(&HeaderMap::new()).is_empty());
+        assert!(HeaderList::from_map(&HeaderMap::new()).is_empty());
     }
 }

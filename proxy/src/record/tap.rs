@@ -189,8 +189,7 @@ impl<B> ResponseTap<B> {
         let declared = x
             .response
             .as_ref()
-            .and_then(|r| r.headers.get(http::header::CONTENT_LENGTH))
-            .and_then(|v| v.to_str().ok())
+            .and_then(|r| r.headers.get_str(&http::header::CONTENT_LENGTH))
             .and_then(|v| v.parse::<u64>().ok());
         let seen = x.response_body.as_ref().map(|b| b.capture.size());
         declared.is_some() && declared == seen
