@@ -145,8 +145,8 @@ fn getrandom_seed(buf: &mut [u8]) -> std::io::Result<()> {
 
 /// Renders a header section as the record's list: one entry per name, repeated fields joined.
 /// The fields come with every value of a name together (as `HeaderMap::iter` and
-/// [`HeaderList::iter`] give them), so one pass comparing each name with the one before is
-/// enough.
+/// [`super::HeaderList::iter`] give them), so one pass comparing each name with the one
+/// before is enough.
 pub fn render_headers<'a>(
     fields: impl IntoIterator<Item = (&'a HeaderName, &'a [u8])>,
 ) -> Vec<Header> {
