@@ -71,6 +71,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_hop_by_hop_name_alone_is_stripped_and_a_clean_head_is_kept() {
+        let clean = [("host", "a"), ("accept", "*/*"), ("x-keep", "1")];
+        let mut h = HeaderMap::new();
+        for (n, v) in clean {
+            h.append(n, v.parse().unwrap());
+        }
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+        for name in [
+            "connection",
+            "proxy-authorization",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-connection",
+            "keep-alive",
+        ] {
+            let mut h = before.clone();
+            h.append(name, "x".parse().unwrap());
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h, before, "{name} was forwarded");
+        }
+    }
+
+    #[test]
     fn strips_listed_and_standard() {
         let mut h = HeaderMap::new();
         h.insert("connection", "keep-alive, x-foo".parse().unwrap());
