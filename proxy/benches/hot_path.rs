@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// The allocator the flowtap binary uses, so the numbers match it.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: flowtap::alloc::MiMalloc = flowtap::alloc::MiMalloc;
 
 fn header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
     let mut h = HeaderMap::new();

@@ -18,7 +18,7 @@ use std::time::Duration;
 /// mimalloc: the proxy allocates and frees small objects on several threads for every
 /// exchange (header maps, record facts); glibc's malloc showed up at 10-15% of CPU under load.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: flowtap::alloc::MiMalloc = flowtap::alloc::MiMalloc;
 
 /// Leaf certificates kept in memory: one per intercepted host name.
 const LEAF_CACHE_HOSTS: usize = 10_000;
