@@ -11,7 +11,7 @@
 //! entry points.
 //!
 //! This module implements `GlobalAlloc`, an `unsafe` trait, hence its exemption from the
-//! workspace's `unsafe_code = "deny"`; its one other user is `conn/recv.rs`.
+//! workspace's `unsafe_code = "deny"`; the only other module allowed `unsafe` is `conn/recv.rs`.
 #![allow(unsafe_code)]
 
 use core::alloc::{GlobalAlloc, Layout};
