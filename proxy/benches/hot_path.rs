@@ -16,9 +16,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// The allocator the flowtap binary uses, so the numbers match it.
-#[global_allocator]
-static GLOBAL: flowtap::alloc::MiMalloc = flowtap::alloc::MiMalloc;
+/// The allocator the flowtap binary uses (mimalloc overriding `malloc`), so the numbers match it.
+use libmimalloc_sys as _;
 
 fn header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
     let mut h = HeaderMap::new();

@@ -19,7 +19,6 @@
 //! (and counts) records rather than slowing an exchange.
 
 pub mod access;
-pub mod alloc;
 pub mod config;
 pub mod conn;
 pub mod connect;

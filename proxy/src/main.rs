@@ -15,10 +15,14 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// mimalloc: the proxy allocates and frees small objects on several threads for every
-/// exchange (header maps, record facts); glibc's malloc showed up at 10-15% of CPU under load.
-#[global_allocator]
-static GLOBAL: flowtap::alloc::MiMalloc = flowtap::alloc::MiMalloc;
+/// mimalloc, linked with its `override` feature: it defines `malloc`, `free` and the rest, so
+/// std's `System` allocator (and everything else in the process) uses it, with no allocator
+/// code of ours. The proxy allocates and frees small objects on several threads for every
+/// exchange; glibc's malloc was 10-15 % of the CPU under load. `System` calls plain `malloc` when
+/// the alignment asked is at most 16 and at most the size, which is mimalloc's fast path; the
+/// `mimalloc` crate's `GlobalAlloc` sent everything to `mi_malloc_aligned`, 2.8 % more
+/// instructions per exchange (bench/README.md).
+use libmimalloc_sys as _;
 
 /// Leaf certificates kept in memory: one per intercepted host name.
 const LEAF_CACHE_HOSTS: usize = 10_000;
