@@ -1,4 +1,4 @@
-//! Redaction rules (proxy/src/redact.rs) on arbitrary header values and URLs: never panics;
+//! Redaction rules (proxy/src/redact/) on arbitrary header values and URLs: never panics;
 //! idempotent (a second pass changes nothing and reports nothing new, as a collector that
 //! redacts again relies on); only secret-bearing headers change; outside the query a URL stays
 //! byte-identical; and secrets planted in well-formed credentials never survive.
