@@ -1,4 +1,4 @@
-//! Body capture and its decoders (proxy/src/record/capture.rs): arbitrary bytes under every
+//! Body capture and its decoders (proxy/src/record/capture/): arbitrary bytes under every
 //! content-encoding, in chunks, with a small limit: never panics, and the body in the record
 //! never holds more than the limit (decoded bytes, or characters for text). Also `parse_size`,
 //! the parser of every SIZE flag.

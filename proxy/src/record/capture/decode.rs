@@ -1,11 +1,5 @@
-//! Bounded body capture for the record.
-//!
-//! A [`Capture`] sits on each body tap and sees every data frame as it is forwarded. It always
-//! counts the size; when capture is on it copies at most `limit` raw bytes and nothing more, so the
-//! hot path costs one add when capture is off and one bounded copy when it is on. All the work
-//! happens once, in [`Capture::finish`], when the record is built: the captured prefix is decoded
-//! (`content-encoding`), capped at `limit` decoded bytes, classified as text or binary and turned
-//! into the record's `body`. Decoding is for the record only; the traffic is never touched.
+//! Content-encoding decoding of a captured body (gzip, deflate, brotli, zstd), for the record
+//! only, each step capped at the capture limit.
 //!
 //! Memory while decoding stays near `limit`: output is pulled in steps and decoding stops at the
 //! limit, so a zip bomb costs `limit` bytes plus the decoder's own window (32 KiB for deflate,
@@ -14,11 +8,7 @@
 
 use std::borrow::Cow;
 use std::io::{self, Read};
-use std::str::FromStr;
 
-use base64::Engine as _;
-use bytes::Bytes;
-use flowtap_schema::Body;
 use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
 
 /// Decoded bytes are pulled from a decoder this many at a time, so a stream is decoded in steps
@@ -34,198 +24,11 @@ const ZSTD_MAGIC: u32 = 0xFD2F_B528;
 const ZSTD_SKIPPABLE_MAGIC: u32 = 0x184D_2A50;
 const ZSTD_SKIPPABLE_MASK: u32 = 0xFFFF_FFF0;
 
-/// Which bodies go into the record (`--capture-bodies none|text|all`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CaptureMode {
-    /// Count sizes only.
-    None,
-    /// Keep textual bodies (as text); drop binary ones.
-    Text,
-    /// Keep every body: text as text, binary as base64.
-    All,
-}
-
-impl CaptureMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CaptureMode::None => "none",
-            CaptureMode::Text => "text",
-            CaptureMode::All => "all",
-        }
-    }
-}
-
-impl FromStr for CaptureMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "none" => Ok(CaptureMode::None),
-            "text" => Ok(CaptureMode::Text),
-            "all" => Ok(CaptureMode::All),
-            _ => Err(format!(
-                "invalid body capture mode {s:?}: expected none, text or all"
-            )),
-        }
-    }
-}
-
-/// The body tap of one message: its size, and a prefix of at most `limit` bytes.
-#[derive(Clone, Debug)]
-pub struct Capture {
-    mode: CaptureMode,
-    limit: usize,
-    size: u64,
-    raw: Vec<u8>,
-}
-
-impl Capture {
-    pub fn new(mode: CaptureMode, limit: usize) -> Self {
-        Capture {
-            mode,
-            limit,
-            size: 0,
-            raw: Vec::new(),
-        }
-    }
-
-    /// Called for every data frame as it is forwarded. Always counts the size; keeps at most
-    /// `limit` raw bytes when mode != None.
-    #[inline]
-    pub fn push(&mut self, chunk: &Bytes) {
-        self.size += chunk.len() as u64;
-        if self.mode == CaptureMode::None {
-            return;
-        }
-        let room = self.limit.saturating_sub(self.raw.len());
-        if room > 0 {
-            let take = room.min(chunk.len());
-            self.raw.extend_from_slice(&chunk[..take]);
-        }
-    }
-
-    /// Total body bytes seen (always counted).
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Builds the record's body: undoes `content_encoding` (a chain like "gzip, br" right to left;
-    /// unknown codings leave the bytes raw; output capped at `limit`), then keeps it as text when
-    /// the content type is textual or, absent/unknown, when the bytes are UTF-8 without control
-    /// characters other than \t \r \n. Binary is base64 under All and dropped under Text.
-    /// `truncated` is set when the capture, the decoded output or the decoding stopped short.
-    /// None when capture is off or the body is empty.
-    pub fn finish(
-        &self,
-        content_type: Option<&str>,
-        content_encoding: Option<&str>,
-    ) -> Option<Body> {
-        if self.mode == CaptureMode::None || self.size == 0 {
-            return None;
-        }
-        let content_type = ContentType::parse(content_type);
-        if self.mode == CaptureMode::Text && content_type.declared() == Declared::Binary {
-            return None; // dropped anyway: don't decode it
-        }
-        let cut = (self.raw.len() as u64) < self.size;
-        let decoded = decode(&self.raw, content_encoding, self.limit);
-        let truncated = cut || decoded.truncated;
-        match (
-            classify(&content_type, &decoded.bytes, truncated),
-            self.mode,
-        ) {
-            (Class::Text(data), _) => Some(Body {
-                encoding: "text".to_string(),
-                data,
-                truncated,
-            }),
-            // Declared text in an unknown charset is kept in Text mode too, as base64: it is text.
-            (Class::DeclaredText, _) | (Class::Binary, CaptureMode::All) => Some(Body {
-                encoding: "base64".to_string(),
-                data: base64::engine::general_purpose::STANDARD.encode(&decoded.bytes),
-                truncated,
-            }),
-            (Class::Binary, _) => None,
-        }
-    }
-}
-
-/// Trims a body so that its JSON encoding shrinks by at least `excess` bytes (used to keep stdout
-/// lines under 16 KiB): text cut at a char boundary, base64 cut to a multiple of 4; sets
-/// truncated = true. Returns false when the body is already empty.
-pub fn shrink_body(body: &mut Body, excess: usize) -> bool {
-    if body.data.is_empty() {
-        return false;
-    }
-    let excess = excess.max(1);
-    let keep = if body.encoding == "base64" {
-        let whole = body.data.len() - body.data.len() % 4;
-        whole.saturating_sub(excess.div_ceil(4) * 4)
-    } else {
-        let mut saved = 0;
-        let mut keep = body.data.len();
-        for (at, c) in body.data.char_indices().rev() {
-            if saved >= excess {
-                break;
-            }
-            saved += json_len(c);
-            keep = at;
-        }
-        keep
-    };
-    body.data.truncate(keep);
-    body.truncated = true;
-    true
-}
-
-/// Bytes `c` takes inside a JSON string as serde_json writes it.
-fn json_len(c: char) -> usize {
-    match c {
-        '"' | '\\' | '\u{08}' | '\u{0c}' | '\n' | '\r' | '\t' => 2,
-        c if (c as u32) < 0x20 => 6,
-        c => c.len_utf8(),
-    }
-}
-
-/// Parses "64KiB", "1MiB", "1024", "10kb", "2M", "1.5M" into bytes (K, KB and KiB all mean 1024).
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let bad = || {
-        format!(
-            "invalid size {s:?}: expected a number of bytes with an optional unit \
-             B, K/KB/KiB, M/MB/MiB or G/GB/GiB (all powers of 1024), e.g. 1024, 64KiB, 10kb, 2M"
-        )
-    };
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let multiplier: u128 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') || fraction.len() > 9 {
-        return Err(bad());
-    }
-    let digits = format!("{whole}{fraction}");
-    let mantissa: u128 = digits.parse().map_err(|_| bad())?;
-    let scale = 10u128.pow(fraction.len() as u32);
-    let bytes = mantissa.checked_mul(multiplier).ok_or_else(bad)? / scale;
-    usize::try_from(bytes).map_err(|_| format!("size {s:?} is too large"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Decoding
-
 /// The output of one decoding step.
-struct Decoded<'a> {
-    bytes: Cow<'a, [u8]>,
+pub(super) struct Decoded<'a> {
+    pub(super) bytes: Cow<'a, [u8]>,
     /// Output was cut: the limit was hit with more to come, or the input ended or broke early.
-    truncated: bool,
+    pub(super) truncated: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,7 +59,11 @@ fn codings(content_encoding: &str) -> Option<Vec<Coding>> {
 
 /// Undoes the content codings, last applied first, each stage capped at `limit` output bytes.
 /// When a stage can't decode anything, the raw bytes are returned as they are.
-fn decode<'a>(raw: &'a [u8], content_encoding: Option<&str>, limit: usize) -> Decoded<'a> {
+pub(super) fn decode<'a>(
+    raw: &'a [u8],
+    content_encoding: Option<&str>,
+    limit: usize,
+) -> Decoded<'a> {
     let as_is = Decoded {
         bytes: Cow::Borrowed(raw),
         truncated: false,
@@ -531,140 +338,6 @@ fn plan_zstd_frame(input: &[u8], budget: usize) -> Option<ZstdFrame> {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Classification
-
-/// What a (decoded) body is, for the record.
-enum Class {
-    /// Text, ready for the record.
-    Text(String),
-    /// The content type says text, but the bytes are not in a charset we can turn into text.
-    DeclaredText,
-    Binary,
-}
-
-/// The content type's verdict: textual, binary, or unknown (then the bytes decide).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Declared {
-    Text,
-    Binary,
-    Unknown,
-}
-
-/// The parts of a `content-type` value that matter here.
-struct ContentType {
-    essence: String,
-    charset: Option<String>,
-}
-
-impl ContentType {
-    fn parse(value: Option<&str>) -> Self {
-        let mut params = value.unwrap_or("").split(';');
-        let essence = params.next().unwrap_or("").trim().to_ascii_lowercase();
-        let charset = params.find_map(|p| {
-            let (name, value) = p.split_once('=')?;
-            name.trim()
-                .eq_ignore_ascii_case("charset")
-                .then(|| value.trim().trim_matches('"').to_ascii_lowercase())
-        });
-        ContentType { essence, charset }
-    }
-
-    fn declared(&self) -> Declared {
-        let Some((kind, subtype)) = self.essence.split_once('/') else {
-            return Declared::Unknown;
-        };
-        let textual_subtype = matches!(
-            subtype,
-            "xml"
-                | "x-www-form-urlencoded"
-                | "javascript"
-                | "x-javascript"
-                | "ecmascript"
-                | "graphql"
-                | "yaml"
-                | "x-yaml"
-                | "toml"
-                | "csv"
-                | "sql"
-                | "x-sh"
-        ) || subtype.contains("json") // json, x-ndjson, jsonl, x-amz-json-1.1, *+json
-            || subtype.ends_with("+xml")
-            || subtype.ends_with("+yaml");
-        match kind {
-            "text" => Declared::Text,
-            _ if textual_subtype => Declared::Text,
-            "image" | "audio" | "video" | "font" | "model" => Declared::Binary,
-            _ => Declared::Unknown,
-        }
-    }
-
-    /// Charsets whose bytes map one to one onto characters (windows-1252, as browsers read them).
-    fn is_single_byte_western(&self) -> bool {
-        matches!(
-            self.charset.as_deref(),
-            Some(
-                "iso-8859-1"
-                    | "iso8859-1"
-                    | "latin1"
-                    | "latin-1"
-                    | "windows-1252"
-                    | "cp1252"
-                    | "us-ascii"
-                    | "ascii"
-            )
-        )
-    }
-}
-
-fn classify(content_type: &ContentType, bytes: &[u8], truncated: bool) -> Class {
-    match content_type.declared() {
-        Declared::Binary => Class::Binary,
-        Declared::Text => match utf8_prefix(bytes, truncated) {
-            Some(text) => Class::Text(text.to_string()),
-            None if content_type.is_single_byte_western() => Class::Text(windows_1252(bytes)),
-            None => Class::DeclaredText,
-        },
-        Declared::Unknown => match utf8_prefix(bytes, truncated) {
-            Some(text) if !text.chars().any(is_binary_control) => Class::Text(text.to_string()),
-            _ => Class::Binary,
-        },
-    }
-}
-
-/// The bytes as UTF-8; when the body was truncated, a character cut at the end is dropped.
-fn utf8_prefix(bytes: &[u8], truncated: bool) -> Option<&str> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Some(text),
-        Err(e) if truncated && e.error_len().is_none() => {
-            std::str::from_utf8(&bytes[..e.valid_up_to()]).ok()
-        }
-        Err(_) => None,
-    }
-}
-
-fn is_binary_control(c: char) -> bool {
-    c.is_control() && !matches!(c, '\t' | '\r' | '\n')
-}
-
-/// windows-1252, which browsers use for all the single-byte labels above (WHATWG Encoding).
-fn windows_1252(bytes: &[u8]) -> String {
-    const HIGH: [char; 32] = [
-        '\u{20AC}', '\u{81}', '\u{201A}', '\u{192}', '\u{201E}', '\u{2026}', '\u{2020}',
-        '\u{2021}', '\u{2C6}', '\u{2030}', '\u{160}', '\u{2039}', '\u{152}', '\u{8D}', '\u{17D}',
-        '\u{8F}', '\u{90}', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}',
-        '\u{2014}', '\u{2DC}', '\u{2122}', '\u{161}', '\u{203A}', '\u{153}', '\u{9D}', '\u{17E}',
-        '\u{178}',
-    ];
-    bytes
-        .iter()
-        .map(|&b| match b {
-            0x80..=0x9f => HIGH[usize::from(b - 0x80)],
-            _ => char::from(b),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -673,6 +346,8 @@ mod tests {
     use flate2::Compression;
 
     use super::*;
+    use crate::record::capture::tests::{base64, capture, text};
+    use crate::record::capture::CaptureMode;
 
     /// `{"msg":"héllo","items":["flowtap" ×12]}`, as compressed by the `brotli` and `zstd` CLIs.
     const SMALL_TEXT: &str = r#"{"msg":"héllo","items":["flowtap","flowtap","flowtap","flowtap","flowtap","flowtap","flowtap","flowtap","flowtap","flowtap","flowtap","flowtap"]}"#;
@@ -720,30 +395,6 @@ mod tests {
         let mut e = GzEncoder::new(Vec::new(), Compression::default());
         e.write_all(data).expect("gzip");
         e.finish().expect("gzip")
-    }
-
-    fn capture(mode: CaptureMode, limit: usize, chunks: &[&[u8]]) -> Capture {
-        let mut c = Capture::new(mode, limit);
-        for chunk in chunks {
-            c.push(&Bytes::copy_from_slice(chunk));
-        }
-        c
-    }
-
-    fn text(data: &str, truncated: bool) -> Option<Body> {
-        Some(Body {
-            encoding: "text".into(),
-            data: data.into(),
-            truncated,
-        })
-    }
-
-    fn base64(data: &[u8], truncated: bool) -> Option<Body> {
-        Some(Body {
-            encoding: "base64".into(),
-            data: base64::engine::general_purpose::STANDARD.encode(data),
-            truncated,
-        })
     }
 
     #[test]
@@ -944,169 +595,5 @@ mod tests {
         let c = capture(CaptureMode::Text, 4096, &[&compressed]);
         let want = std::str::from_utf8(&original[..4096]).expect("ascii");
         assert_eq!(c.finish(Some("text/plain"), Some("gzip")), text(want, true));
-    }
-
-    #[test]
-    fn binary_is_dropped_under_text_and_base64_under_all() {
-        let png = [
-            0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 0x0d,
-        ];
-        for ct in [Some("image/png"), Some("application/octet-stream"), None] {
-            let c = capture(CaptureMode::Text, 1024, &[&png]);
-            assert_eq!(c.finish(ct, None), None, "{ct:?}");
-            let c = capture(CaptureMode::All, 1024, &[&png]);
-            assert_eq!(c.finish(ct, None), base64(&png, false), "{ct:?}");
-        }
-        // Declared binary stays binary even when the bytes look like text.
-        let c = capture(CaptureMode::All, 1024, &[b"GIF89a"]);
-        assert_eq!(c.finish(Some("image/gif"), None), base64(b"GIF89a", false));
-    }
-
-    #[test]
-    fn unknown_content_type_is_sniffed() {
-        let c = capture(
-            CaptureMode::Text,
-            1024,
-            &[b"key=value\tand\r\nmore \xc3\xa9"],
-        );
-        assert_eq!(
-            c.finish(None, None),
-            text("key=value\tand\r\nmore é", false)
-        );
-        assert_eq!(
-            c.finish(Some("application/x-thing"), None),
-            text("key=value\tand\r\nmore é", false)
-        );
-        let c = capture(CaptureMode::Text, 1024, &[b"\x1b[31mred"]);
-        assert_eq!(c.finish(None, None), None);
-        let c = capture(CaptureMode::Text, 1024, &[b"nul\0"]);
-        assert_eq!(c.finish(None, None), None);
-        // Textual content types keep control characters: JSON escapes them.
-        assert_eq!(c.finish(Some("text/plain"), None), text("nul\0", false));
-    }
-
-    #[test]
-    fn textual_content_types() {
-        for ct in [
-            "text/html",
-            "application/json",
-            "application/problem+json",
-            "application/x-amz-json-1.1",
-            "application/x-ndjson",
-            "application/xml",
-            "image/svg+xml",
-            "application/x-www-form-urlencoded",
-            "application/javascript",
-            "application/graphql",
-            "APPLICATION/JSON; charset=UTF-8",
-        ] {
-            let c = capture(CaptureMode::Text, 1024, &[b"\x01ok"]);
-            assert_eq!(c.finish(Some(ct), None), text("\x01ok", false), "{ct}");
-        }
-    }
-
-    #[test]
-    fn declared_charsets() {
-        let c = capture(CaptureMode::Text, 1024, &[b"caf\xe9 \x80"]);
-        assert_eq!(
-            c.finish(Some("text/html; charset=ISO-8859-1"), None),
-            text("café €", false)
-        );
-        // Textual but not in a charset we read: kept, as base64.
-        assert_eq!(
-            c.finish(Some("text/html; charset=shift_jis"), None),
-            base64(b"caf\xe9 \x80", false)
-        );
-    }
-
-    #[test]
-    fn size_is_counted_with_capture_off() {
-        let c = capture(CaptureMode::None, 1024, &[b"hello ", b"world"]);
-        assert_eq!(c.size(), 11);
-        assert!(c.raw.is_empty());
-        assert_eq!(c.finish(Some("text/plain"), None), None);
-        let c = capture(CaptureMode::All, 1024, &[]);
-        assert_eq!((c.size(), c.finish(Some("text/plain"), None)), (0, None));
-    }
-
-    #[test]
-    fn chunks_crossing_the_limit() {
-        let c = capture(CaptureMode::Text, 10, &[b"hello ", b"world ", b"again"]);
-        assert_eq!(c.size(), 17);
-        assert_eq!(c.raw, b"hello worl");
-        assert_eq!(c.finish(Some("text/plain"), None), text("hello worl", true));
-        // Exactly at the limit: not truncated.
-        let c = capture(CaptureMode::Text, 11, &[b"hello ", b"world"]);
-        assert_eq!(
-            c.finish(Some("text/plain"), None),
-            text("hello world", false)
-        );
-        // Cut inside a multibyte character: the partial character goes.
-        let c = capture(CaptureMode::Text, 3, &["h€llo".as_bytes()]);
-        assert_eq!(c.finish(Some("text/plain"), None), text("h", true));
-        assert_eq!(c.finish(None, None), text("h", true));
-    }
-
-    #[test]
-    fn shrink_text_at_char_boundaries() {
-        let json_len = |b: &Body| serde_json::to_string(&b.data).expect("json").len();
-        for excess in 1..12 {
-            let mut body = text("aé€😀\"\n\u{1}", false).expect("body");
-            let before = json_len(&body);
-            assert!(shrink_body(&mut body, excess));
-            assert!(before - json_len(&body) >= excess, "excess {excess}");
-            assert!(body.truncated);
-        }
-        let mut body = text("aé€😀", false).expect("body");
-        assert!(shrink_body(&mut body, 3));
-        assert_eq!(body.data, "aé€");
-        assert!(shrink_body(&mut body, 4));
-        assert_eq!(body.data, "a");
-        assert!(shrink_body(&mut body, 100));
-        assert_eq!(body.data, "");
-        assert!(!shrink_body(&mut body, 1));
-    }
-
-    #[test]
-    fn shrink_base64_to_multiples_of_four() {
-        let mut body = base64(b"ABCDEFG", false).expect("body");
-        assert_eq!(body.data, "QUJDREVGRw==");
-        assert!(shrink_body(&mut body, 1));
-        assert_eq!((body.data.as_str(), body.truncated), ("QUJDREVG", true));
-        assert!(shrink_body(&mut body, 5));
-        assert_eq!(body.data, "");
-        assert!(!shrink_body(&mut body, 5));
-    }
-
-    #[test]
-    fn sizes() {
-        for (s, n) in [
-            ("1024", 1024),
-            ("0", 0),
-            ("64KiB", 65536),
-            ("10kb", 10240),
-            ("8 K", 8192),
-            ("2M", 2 << 20),
-            ("1MiB", 1 << 20),
-            ("1mb", 1 << 20),
-            ("1G", 1 << 30),
-            ("1.5M", 3 << 19),
-            ("512b", 512),
-        ] {
-            assert_eq!(parse_size(s), Ok(n), "{s}");
-        }
-        for s in ["", "k", "abc", "-1", "1.2.3", "10 parsecs", "1TB"] {
-            let err = parse_size(s).expect_err(s);
-            assert!(err.contains("KiB"), "{err}");
-        }
-    }
-
-    #[test]
-    fn capture_modes_parse() {
-        assert_eq!("TEXT".parse(), Ok(CaptureMode::Text));
-        assert_eq!("all".parse(), Ok(CaptureMode::All));
-        assert_eq!("none".parse(), Ok(CaptureMode::None));
-        assert!("some".parse::<CaptureMode>().is_err());
-        assert_eq!(CaptureMode::All.as_str(), "all");
     }
 }
