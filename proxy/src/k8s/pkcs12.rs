@@ -42,7 +42,7 @@ pub fn truststore(certs: &[(String, Vec<u8>)]) -> Vec<u8> {
     )
 }
 
-/// ContentInfo { id-data, [0] EXPLICIT OCTET STRING }.
+/// ContentInfo { id-data, \[0\] EXPLICIT OCTET STRING }.
 fn data_content_info(content: &[u8]) -> Vec<u8> {
     let octets = tlv(TAG_OCTET_STRING, content);
     tlv(
@@ -51,7 +51,7 @@ fn data_content_info(content: &[u8]) -> Vec<u8> {
     )
 }
 
-/// SafeBag { certBag, [0] EXPLICIT CertBag, SET OF attributes }.
+/// SafeBag { certBag, \[0\] EXPLICIT CertBag, SET OF attributes }.
 fn cert_bag(alias: &str, der: &[u8]) -> Vec<u8> {
     let cert_value = tlv(TAG_EXPLICIT_0, &tlv(TAG_OCTET_STRING, der));
     let bag = tlv(TAG_SEQUENCE, &[oid(OID_X509_CERT), cert_value].concat());

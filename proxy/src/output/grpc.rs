@@ -1,7 +1,7 @@
 //! `--output grpc://HOST:PORT` / `grpcs://HOST:PORT`: records streamed to flowtap-collector.
 //!
-//! The writer thread hands each batch to [`queue`] (and, with `--spool`, to a file in [`spool`])
-//! and wakes the [`sender`] thread, which owns the network: one gRPC stream (`collector.proto` in
+//! The writer thread hands each batch to `queue` (and, with `--spool`, to a file in `spool`)
+//! and wakes the `sender` thread, which owns the network: one gRPC stream (`collector.proto` in
 //! `schema/`), batches with sequence numbers, at most a window of them unacknowledged, everything
 //! unacknowledged sent again after a reconnect. Delivery is at-least-once; the collector drops
 //! records it already has by id. The writer never waits on the collector: when the queue is over

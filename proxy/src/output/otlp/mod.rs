@@ -3,7 +3,7 @@
 //! variables.
 //!
 //! The writer thread turns each record into a span ([`span`]) and hands it to a bounded queue
-//! with `try_send`; a thread of its own ([`export`]) batches the queue into export requests.
+//! with `try_send`; a thread of its own (`export.rs`) batches the queue into export requests.
 //! Nothing here waits on the network: when the endpoint is slow or down, the queue fills and
 //! further spans are dropped and counted, and the count is logged every few seconds and when
 //! the proxy stops.
