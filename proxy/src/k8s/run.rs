@@ -6,7 +6,7 @@ use super::kubectl::{yaml_stream, Kubectl};
 use super::noproxy::{no_proxy_entries, ProxyUrl};
 use super::record::{Record, Variant, RECORD_ANNOTATION};
 use super::settings::{Inputs, Route, DEFAULT_BUNDLE_PATHS, MOUNT_DIR};
-use super::sidecar::{SidecarConfig, DEFAULT_IMAGE, DEFAULT_INIT_IMAGE};
+use super::sidecar::{SidecarConfig, SidecarParts, DEFAULT_IMAGE, DEFAULT_INIT_IMAGE};
 use super::workload::{self, is_dns_subdomain, WorkloadRef};
 use super::{flag, manifests, patch, settings, transparent, trust, K8sError};
 use crate::config::default_ca_dir;
@@ -96,7 +96,8 @@ impl Wanted {
     }
 }
 
-/// `flowtap k8s attach`.
+/// `flowtap k8s attach`: read the workload, check what is asked against it, decide the
+/// ConfigMap and the patch, then print them, write them (`--out`) or apply them (`--apply`).
 pub fn attach(a: Box<AttachArgs>) -> Result<(), K8sError> {
     let target = WorkloadRef::parse(&a.workload)?;
     let wanted = Wanted::from_args(&a)?;
@@ -112,71 +113,33 @@ pub fn attach(a: Box<AttachArgs>) -> Result<(), K8sError> {
     let namespace = namespace(a.namespace.as_deref(), &object);
     let previous = previous_record(&object, &target)?;
     let selected = select_containers(template, &a.containers, &target)?;
-    let refused = |reasons: Vec<String>| K8sError::Refused {
-        what: format!("{target} in namespace {namespace}"),
-        reasons,
-    };
     if let Some(p) = previous.as_ref().filter(|p| p.variant != wanted.variant()) {
-        return Err(refused(vec![format!(
-            "it is attached to {}; detach it first (flowtap k8s detach {target} -n {namespace})",
-            p.variant.describe()
-        )]));
+        return Err(refused(
+            &target,
+            namespace,
+            vec![format!(
+                "it is attached to {}; detach it first (flowtap k8s detach {target} -n {namespace})",
+                p.variant.describe()
+            )],
+        ));
     }
 
     let mut notes = Vec::new();
-    // The sidecar, once the pod (and with --apply the cluster) can take it.
-    let mut sidecar = None;
-    let mut ca_from_secret = None;
-    if let Wanted::Transparent(config) = &wanted {
-        if let Some((ns, _)) = a.ca_secret.as_deref().and_then(|s| s.rsplit_once('/')) {
-            if ns != namespace {
-                return Err(flag(
-                    "--ca-secret",
-                    format!(
-                        "the sidecar mounts the CA Secret from the workload's namespace \
-                         {namespace}, not {ns}"
-                    ),
-                ));
-            }
-        }
-        let parts = config.parts()?;
-        let found = transparent::check(template, previous.as_ref(), config, &parts, &selected);
-        let mut refusals = found.refusals;
-        notes.extend(found.notes);
-        if a.kubectl.apply {
-            let cluster = transparent::check_cluster(&kubectl, namespace, config.ca_secret());
-            refusals.extend(cluster.refusals);
-            notes.extend(cluster.notes);
-            ca_from_secret = cluster.ca_pem;
-        }
-        if !refusals.is_empty() {
-            return Err(refused(refusals));
-        }
-        sidecar = Some((config, parts));
-    }
-
-    let (ca_pem, ca_source) = match (&wanted, &a.ca_cert) {
-        (Wanted::Proxy { proxy, .. }, _) => read_ca(&a, proxy, &kubectl)?,
-        (Wanted::Transparent(_), Some(path)) => read_ca_file(path)?,
-        (Wanted::Transparent(config), None) => {
-            let name = config.ca_secret();
-            let pem = match ca_from_secret.take() {
-                Some(pem) => pem,
-                None => transparent::read_secret(&kubectl, namespace, name)
-                    .map_err(|reason| refused(vec![reason]))?,
+    let (sidecar, secret_ca) = match &wanted {
+        Wanted::Transparent(config) => {
+            let checked = Checked {
+                target: &target,
+                namespace,
+                template,
+                previous: previous.as_ref(),
+                selected: &selected,
             };
-            (pem, format!("secret/{name} in namespace {namespace}"))
+            let (plan, secret_ca) = check_sidecar(&a, config, &kubectl, &checked, &mut notes)?;
+            (Some(plan), secret_ca)
         }
+        Wanted::Proxy { .. } => (None, None),
     };
-    if let (Some(secret_pem), Some(path)) = (&ca_from_secret, &a.ca_cert) {
-        if !trust::same_certificates(secret_pem, &ca_pem) {
-            return Err(refused(vec![format!(
-                "--ca-cert {} is not the certificate in the CA Secret the sidecar signs with; \
-                 the application would not trust it",
-                path.display()
-            )]));
-        }
-    }
+    let (ca_pem, ca_source) = attach_ca(&a, &wanted, &kubectl, &target, namespace, secret_ca)?;
     let system_path = match &a.system_bundle {
         Some(p) => p.clone(),
         None => system_bundle_path().ok_or_else(|| {
@@ -210,12 +173,12 @@ pub fn attach(a: Box<AttachArgs>) -> Result<(), K8sError> {
         patch::original_env(template, previous.as_ref(), c, v)
     });
     notes.append(&mut decided.notes);
-    if let Some((_, parts)) = &sidecar {
+    if let Some(plan) = &sidecar {
         let original = |key: &str| patch::original_pod_annotation(template, previous.as_ref(), key);
-        let annotations = transparent::pod_annotations(parts, original, &mut notes);
+        let annotations = transparent::pod_annotations(&plan.parts, original, &mut notes);
         decided.pod_annotations.extend(annotations);
-        decided.volumes.extend(parts.volumes.iter().cloned());
-        decided.init_containers = parts.init_containers.clone();
+        decided.volumes.extend(plan.parts.volumes.iter().cloned());
+        decided.init_containers = plan.parts.init_containers.clone();
     }
     let proxy_url = match &wanted {
         Wanted::Proxy { proxy, .. } => {
@@ -224,7 +187,7 @@ pub fn attach(a: Box<AttachArgs>) -> Result<(), K8sError> {
         }
         Wanted::Transparent(_) => "",
     };
-    let attached = patch::attach(
+    let mut attached = patch::attach(
         &target,
         template,
         previous.as_ref(),
@@ -250,48 +213,180 @@ pub fn attach(a: Box<AttachArgs>) -> Result<(), K8sError> {
             "{target} in namespace {namespace}: {} container(s) to {proxy_url}, {trusting}",
             selected.len()
         ),
-        Some((config, _)) => format!(
+        Some(plan) => format!(
             "{target} in namespace {namespace}: the transparent sidecar ({}), {} container(s) \
              {trusting}",
-            sidecar_summary(config),
+            sidecar_summary(plan.config),
             selected.len()
         ),
     };
-    let patch_cmd =
-        format!("kubectl patch {target} -n {namespace} --type strategic --patch-file {PATCH_FILE}");
-    // What the pods need beyond the two objects (checked with --apply).
-    let needs = sidecar.as_ref().map(|(config, _)| {
-        format!(
-            "the pods need the CA Secret {name} (ca.pem, ca-key.pem) in namespace {namespace}, \
-             Kubernetes 1.29+ and a Pod Security level that admits NET_ADMIN; make the Secret \
-             with: flowtap k8s ca-secret --ca-dir DIR --name {name} -n {namespace} | kubectl \
-             apply --server-side -f -",
-            name = config.ca_secret()
-        )
-    });
-
     if a.kubectl.apply {
-        let mut patch = attached;
-        lock_version(&mut patch, &object);
-        kubectl.apply(std::slice::from_ref(&configmap))?;
-        kubectl.patch(target.kind.resource(), &target.name, namespace, &patch)?;
+        lock_version(&mut attached, &object);
+    }
+    let outcome = Outcome {
+        target: &target,
+        namespace,
+        cm_name: &cm_name,
+        configmap,
+        patch: attached,
+        summary,
+        ca_secret: sidecar.as_ref().map(|plan| plan.config.ca_secret()),
+    };
+    deliver(&a, &kubectl, outcome, notes)
+}
+
+/// The workload as read, for the checks of the sidecar.
+struct Checked<'a> {
+    target: &'a WorkloadRef,
+    namespace: &'a str,
+    template: &'a serde_json::Map<String, Value>,
+    previous: Option<&'a Record>,
+    selected: &'a [workload::Container<'a>],
+}
+
+/// The sidecar `attach --transparent` adds, once the pod (and with --apply the cluster) can take it.
+struct SidecarPlan<'c> {
+    config: &'c SidecarConfig,
+    parts: SidecarParts,
+}
+
+/// Checks the sidecar against the pod and, with --apply, the cluster; every reason it cannot be
+/// added is reported at once. With --apply, also returns the CA certificate in the CA Secret.
+fn check_sidecar<'c>(
+    a: &AttachArgs,
+    config: &'c SidecarConfig,
+    kubectl: &Kubectl<'_>,
+    w: &Checked<'_>,
+    notes: &mut Vec<String>,
+) -> Result<(SidecarPlan<'c>, Option<String>), K8sError> {
+    let namespace = w.namespace;
+    if let Some((ns, _)) = a.ca_secret.as_deref().and_then(|s| s.rsplit_once('/')) {
+        if ns != namespace {
+            return Err(flag(
+                "--ca-secret",
+                format!(
+                    "the sidecar mounts the CA Secret from the workload's namespace \
+                     {namespace}, not {ns}"
+                ),
+            ));
+        }
+    }
+    let parts = config.parts()?;
+    let found = transparent::check(w.template, w.previous, config, &parts, w.selected);
+    let mut refusals = found.refusals;
+    notes.extend(found.notes);
+    let mut secret_ca = None;
+    if a.kubectl.apply {
+        let cluster = transparent::check_cluster(kubectl, namespace, config.ca_secret());
+        refusals.extend(cluster.refusals);
+        notes.extend(cluster.notes);
+        secret_ca = cluster.ca_pem;
+    }
+    if !refusals.is_empty() {
+        return Err(refused(w.target, namespace, refusals));
+    }
+    Ok((SidecarPlan { config, parts }, secret_ca))
+}
+
+/// The CA the workload is to trust, and where it came from: the shared proxy's (see
+/// [`read_ca`]), or for the sidecar --ca-cert or the CA Secret it signs with (`secret_ca`, when
+/// --apply read it; the two must agree).
+fn attach_ca(
+    a: &AttachArgs,
+    wanted: &Wanted,
+    kubectl: &Kubectl<'_>,
+    target: &WorkloadRef,
+    namespace: &str,
+    secret_ca: Option<String>,
+) -> Result<(String, String), K8sError> {
+    let config = match wanted {
+        Wanted::Proxy { proxy, .. } => return read_ca(a, proxy, kubectl),
+        Wanted::Transparent(config) => config,
+    };
+    let Some(path) = &a.ca_cert else {
+        let name = config.ca_secret();
+        let pem = match secret_ca {
+            Some(pem) => pem,
+            None => transparent::read_secret(kubectl, namespace, name)
+                .map_err(|reason| refused(target, namespace, vec![reason]))?,
+        };
+        return Ok((pem, format!("secret/{name} in namespace {namespace}")));
+    };
+    let (pem, source) = read_ca_file(path)?;
+    if let Some(secret_pem) = &secret_ca {
+        if !trust::same_certificates(secret_pem, &pem) {
+            return Err(refused(
+                target,
+                namespace,
+                vec![format!(
+                    "--ca-cert {} is not the certificate in the CA Secret the sidecar signs \
+                     with; the application would not trust it",
+                    path.display()
+                )],
+            ));
+        }
+    }
+    Ok((pem, source))
+}
+
+/// Why `attach` will not change the workload.
+fn refused(target: &WorkloadRef, namespace: &str, reasons: Vec<String>) -> K8sError {
+    K8sError::Refused {
+        what: format!("{target} in namespace {namespace}"),
+        reasons,
+    }
+}
+
+/// What `attach` decided: the trust ConfigMap and the patch.
+struct Outcome<'a> {
+    target: &'a WorkloadRef,
+    namespace: &'a str,
+    cm_name: &'a str,
+    configmap: Value,
+    patch: Value,
+    summary: String,
+    /// The sidecar's CA Secret, when the patch adds the sidecar.
+    ca_secret: Option<&'a str>,
+}
+
+/// Applies the outcome through kubectl (--apply), writes it to files (--out) or prints it.
+fn deliver(
+    a: &AttachArgs,
+    kubectl: &Kubectl<'_>,
+    o: Outcome<'_>,
+    mut notes: Vec<String>,
+) -> Result<(), K8sError> {
+    let (target, namespace, summary) = (o.target, o.namespace, &o.summary);
+    if a.kubectl.apply {
+        kubectl.apply(std::slice::from_ref(&o.configmap))?;
+        kubectl.patch(target.kind.resource(), &target.name, namespace, &o.patch)?;
         report(&notes);
         eprintln!("attached {summary}");
-        if let Some((config, _)) = &sidecar {
+        if let Some(secret) = o.ca_secret {
             eprintln!(
-                "the sidecar uses secret/{} in namespace {namespace}; records: kubectl logs \
-                 {target} -n {namespace} -c flowtap",
-                config.ca_secret()
+                "the sidecar uses secret/{secret} in namespace {namespace}; records: kubectl logs \
+                 {target} -n {namespace} -c flowtap"
             );
         }
         eprintln!("pods restart to pick it up: kubectl rollout status {target} -n {namespace}");
         return Ok(());
     }
+    // What the pods need beyond the two objects (checked with --apply).
+    let needs = o.ca_secret.map(|name| {
+        format!(
+            "the pods need the CA Secret {name} (ca.pem, ca-key.pem) in namespace {namespace}, \
+             Kubernetes 1.29+ and a Pod Security level that admits NET_ADMIN; make the Secret \
+             with: flowtap k8s ca-secret --ca-dir DIR --name {name} -n {namespace} | kubectl \
+             apply --server-side -f -"
+        )
+    });
     notes.extend(needs.clone());
     report(&notes);
+    let patch_cmd =
+        format!("kubectl patch {target} -n {namespace} --type strategic --patch-file {PATCH_FILE}");
     if let Some(dir) = &a.out {
-        write_json(dir, CONFIGMAP_FILE, &configmap)?;
-        write_json(dir, PATCH_FILE, &attached)?;
+        write_json(dir, CONFIGMAP_FILE, &o.configmap)?;
+        write_json(dir, PATCH_FILE, &o.patch)?;
         eprintln!(
             "wrote {CONFIGMAP_FILE} and {PATCH_FILE} in {}: {summary}",
             dir.display()
@@ -304,10 +399,11 @@ pub fn attach(a: Box<AttachArgs>) -> Result<(), K8sError> {
         .map(|n| format!("# 0. Before: {n}\n"))
         .unwrap_or_default();
     print(&format!(
-        "{first}# 1. ConfigMap {cm_name}: kubectl apply --server-side -f FILE\n{}\
+        "{first}# 1. ConfigMap {}: kubectl apply --server-side -f FILE\n{}\
          # 2. Strategic merge patch: {patch_cmd}\n{}",
-        yaml_stream(std::slice::from_ref(&configmap)),
-        yaml_stream(std::slice::from_ref(&attached)),
+        o.cm_name,
+        yaml_stream(std::slice::from_ref(&o.configmap)),
+        yaml_stream(std::slice::from_ref(&o.patch)),
     ))
 }
 
