@@ -310,6 +310,10 @@ def test_convert_to_har_from_jsonl_and_pb(start_proxy, nginx, pyserver, pki, har
     assert sorted(a["log"]["entries"], key=key) == sorted(live["log"]["entries"], key=key), \
         "convert and the live output write the same entries"
 
+    # HAR is written, not read: --from offers jsonl and pb only.
+    r = run_flowtap("convert", "--from", "har", "--to", "jsonl", proxy.workdir / "live.har")
+    assert r.returncode == 64 and "possible values: jsonl, pb" in r.stderr.decode(), r
+
     # stdin to stdout works too
     p = subprocess.run([flowtap_bin(), "convert", "--to", "har"], input=jsonl.read_bytes(),
                        capture_output=True, timeout=30, env=clean_env())

@@ -422,9 +422,9 @@ def test_a_regular_init_container_as_the_proxy_uid_is_fine(attach, tmp_path):
 
 
 @pytest.mark.parametrize("flags,status,message", [
-    (["--transparent", "--proxy", "http://flowtap.flowtap.svc:8080"], 2, "cannot be used with"),
-    (["--transparent", "--no-proxy", "x"], 2, "cannot be used with"),
-    ([], 2, "--proxy <URL>"),
+    (["--transparent", "--proxy", "http://flowtap.flowtap.svc:8080"], 64, "cannot be used with"),
+    (["--transparent", "--no-proxy", "x"], 64, "cannot be used with"),
+    ([], 64, "--proxy <URL>"),
     (["--proxy", "http://flowtap.flowtap.svc:8080", "--image", "x"], 64,
      "invalid --image: it is a setting of the sidecar: add --transparent"),
     (["--proxy", "http://flowtap.flowtap.svc:8080", "--redirect-ports", "443"], 64,
@@ -437,7 +437,7 @@ def test_a_regular_init_container_as_the_proxy_uid_is_fine(attach, tmp_path):
     (["--transparent", "--exclude-cidrs", "10.0.0.0/33"], 64, "invalid --exclude-cidrs"),
     (["--transparent", "--proxy-uid", "0"], 64, "invalid --proxy-uid"),
     (["--transparent", "--proxy-uid", "flowtap"], 64, "is not a numeric uid"),
-    (["--transparent", "--ipv6", "auto"], 2, "invalid value 'auto'"),
+    (["--transparent", "--ipv6", "auto"], 64, "invalid value 'auto'"),
     (["--transparent", "--image", "a b"], 64, "invalid --image"),
     (["--transparent", "--ca-secret", "flowtap/flowtap-ca"], 64,
      "the sidecar mounts the CA Secret from the workload's namespace velero, not flowtap"),

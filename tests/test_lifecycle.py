@@ -35,7 +35,6 @@ def test_sigterm_lets_inflight_exchange_finish(start_proxy, pyserver):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
     pyserver.wait_for_path("/slow?head=0&body=2&size=20000&tag=sigterm")
     time.sleep(0.3)
-    t0 = time.monotonic()
     proxy.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     assert proxy.running, "flowtap exited with an exchange in flight"
@@ -45,7 +44,6 @@ def test_sigterm_lets_inflight_exchange_finish(start_proxy, pyserver):
     assert out.decode() == "200|20000"
     rc = proxy.stop(timeout=10)
     assert rc == 0, f"exit code {rc} after SIGTERM"
-    assert time.monotonic() - t0 < 5.5, "the exchange ended well within the grace period"
     rec = proxy.record()
     assert rec["request"]["url"] == url
     assert rec["response"]["status"] == 200
@@ -53,11 +51,11 @@ def test_sigterm_lets_inflight_exchange_finish(start_proxy, pyserver):
     assert "error" not in rec
 
 
-def test_sigterm_idle_exits_zero_and_flushes(proxy, nginx):
+def test_sigterm_idle_exits_zero_and_flushes(start_proxy, nginx):
+    # A grace period far beyond the stop deadline: an idle proxy must not wait for it.
+    proxy = start_proxy("--grace", "60")
     curl("-x", proxy.url, "-o", "/dev/null", nginx.url("/small")).check()
-    t0 = time.monotonic()
     assert proxy.stop(timeout=10) == 0
-    assert time.monotonic() - t0 < 3, "an idle proxy should not wait for the grace period"
     recs = proxy.read_records()
     assert len(recs) == 1 and recs[0]["response"]["status"] == 200
     assert [r["id"] for r in proxy.stdout_records()] == [recs[0]["id"]]
@@ -70,16 +68,15 @@ def test_sigterm_grace_expires(start_proxy, pyserver):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
     pyserver.wait_for_path("/slow?head=0&body=8&size=8000&tag=grace")
     time.sleep(0.3)
-    t0 = time.monotonic()
     rc = proxy.stop(timeout=10)
-    took = time.monotonic() - t0
     client.communicate(timeout=30)
     assert rc == 0
-    assert took < 4, f"exit took {took:.1f}s with --grace 1"
     assert client.returncode != 0, "the cut exchange cannot have completed"
     rec = proxy.record()
     assert rec["request"]["url"] == url
     assert "error" in rec, "an exchange cut at the end of the grace period is a failure"
+    assert rec["response"]["status"] == 200
+    assert rec["response"]["body_size"] < 8000, "the body was cut, not completed"
 
 
 def test_ca_reused_across_restarts(start_proxy, nginx, tmp_path):
@@ -174,15 +171,23 @@ def test_capture_bodies_from_environment(start_proxy, nginx):
 
 
 def test_bad_flags_are_refused_by_name(tmp_path):
+    """Every kind of bad value exits 64 (EX_USAGE) naming the flag: those the parser rejects,
+    those the configuration check rejects, and those an output cannot start with."""
     cases = [
         (["--capture-bodies", "bogus"], "capture-bodies"),
+        (["--grace", "abc"], "grace"),
         (["--ignore-hosts", "(unclosed"], "ignore-hosts"),
         (["--body-limit", "lots"], "body-limit"),
         (["--listen", "not-an-address"], "listen"),
+        (["--upstream-timeout", "0"], "upstream-timeout"),
+        (["--max-streams", "0"], "max-streams"),
+        (["--output", "otlp", "--otlp-compression", "br"], "otlp-compression"),
+        (["--output", "grpc://127.0.0.1:9", "--buffer", "1KiB"], "buffer"),
+        (["--output", f"jsonl:{tmp_path}/no/such/dir/x.jsonl"], "--output jsonl:"),
     ]
     for args, name in cases:
         listen = [] if "--listen" in args else ["--listen", "127.0.0.1:0"]
         r = run_flowtap("proxy", "--ca-dir", tmp_path / "ca", *listen, *args, timeout=10)
-        assert r.returncode != 0, f"{args} was accepted"
+        assert r.returncode == 64, f"{args}: exit {r.returncode}: {r.stderr.decode()}"
         assert name in r.stderr.decode(), f"{args}: message does not name the flag: {r.stderr.decode()}"
         assert not r.stdout, "nothing but diagnostics on a failed start"

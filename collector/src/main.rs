@@ -41,7 +41,16 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-    let config = match Config::from_args(Args::parse()) {
+    // clap's own errors (a bad value, an unknown flag) exit like every configuration error;
+    // --help and --version print and exit 0.
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("flowtap-collector: {e}");
@@ -63,16 +72,26 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flowtap-collector: {e:#}");
-            ExitCode::FAILURE
+            if e.is::<SinkSetupError>() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
+
+/// A sink that cannot start with its settings (a bad URL, an unwritable directory, a bad
+/// `--otlp-*` value): a configuration error, found once the runtime is up.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SinkSetupError(String);
 
 async fn run(config: Config) -> anyhow::Result<()> {
     // One process-wide rustls provider, the one the proxy uses.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(Metrics::default());
-    let started = sinks::start(&config, &metrics).map_err(anyhow::Error::msg)?;
+    let started = sinks::start(&config, &metrics).map_err(SinkSetupError)?;
     let mut seen = Seen::new(SEEN_IDS);
     let seeded = seen.seed_from_files(&started.existing_files);
     if seeded > 0 {

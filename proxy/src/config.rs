@@ -97,7 +97,9 @@ pub struct ProxyArgs {
     /// Default: ~/.flowtap
     #[arg(long, env = "FLOWTAP_CA_DIR", value_name = "DIR")]
     pub ca_dir: Option<PathBuf>,
-    /// Where records go (repeatable): jsonl (stdout), jsonl:PATH, text (stdout), text:PATH.
+    /// Where records go (repeatable, or comma-separated): jsonl (stdout), jsonl:PATH, text
+    /// (stdout), text:PATH, pb:PATH, har:PATH, otlp, otlp:URL, grpc://HOST:PORT,
+    /// grpcs://HOST:PORT.
     #[arg(
         long = "output",
         env = "FLOWTAP_OUTPUT",
@@ -118,13 +120,9 @@ pub struct ProxyArgs {
     #[arg(long, env = "FLOWTAP_INSECURE_UPSTREAM")]
     pub insecure_upstream: bool,
     /// Hosts matching this regex are not intercepted: their bytes are relayed untouched and a
-    /// tunnel record is written (repeatable).
-    #[arg(
-        long,
-        env = "FLOWTAP_IGNORE_HOSTS",
-        value_delimiter = ',',
-        value_name = "REGEX"
-    )]
+    /// tunnel record is written (repeatable; not split at commas, which regexes use, so the
+    /// variable holds one regex: join alternatives with |).
+    #[arg(long, env = "FLOWTAP_IGNORE_HOSTS", value_name = "REGEX")]
     pub ignore_hosts: Vec<String>,
     /// Which bodies to capture into records: none, text (textual bodies only) or all (binary as base64).
     #[arg(
@@ -275,6 +273,12 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A configuration problem found while setting up what it configures (an output, the upstream
+/// CA bundle); the message names the flag. It exits like a [`ConfigError`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
+
 pub fn bad(flag: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         flag,
@@ -386,7 +390,7 @@ impl ProxyConfig {
             body_limit,
             stdout_line_limit,
             grace: seconds("--grace", a.grace)?,
-            upstream_timeout: seconds("--upstream-timeout", a.upstream_timeout)?,
+            upstream_timeout: nonzero("--upstream-timeout", a.upstream_timeout)?,
             verbose: a.verbose,
             redact: RedactorConfig {
                 extra_headers: a.redact_header,
@@ -417,7 +421,10 @@ impl ProxyConfig {
                     a.request_header_timeout,
                 )?,
                 idle_timeout: nonzero("--idle-timeout", a.idle_timeout)?,
-                max_streams: a.max_streams.max(1),
+                max_streams: match a.max_streams {
+                    0 => return Err(bad("--max-streams", "must be at least 1")),
+                    n => n,
+                },
             },
             access: crate::access::Access::from_args(a.access)?,
             collector: a.collector,

@@ -10,6 +10,14 @@ use std::path::PathBuf;
 /// Largest protobuf record accepted when reading (a record with captured bodies is far smaller).
 const MAX_PB_RECORD: usize = 64 << 20;
 
+/// What records can be read from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Input {
+    Jsonl,
+    Pb,
+}
+
+/// What records can be written as.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Encoding {
     Jsonl,
@@ -21,7 +29,7 @@ pub enum Encoding {
 pub struct ConvertArgs {
     /// Encoding of the input (default: pb for *.pb / *.binpb files, jsonl otherwise).
     #[arg(long, value_enum)]
-    pub from: Option<Encoding>,
+    pub from: Option<Input>,
     /// Encoding of the output.
     #[arg(long, value_enum)]
     pub to: Encoding,
@@ -36,13 +44,13 @@ pub struct ConvertArgs {
 /// Reads records one at a time from JSON lines or length-delimited protobuf.
 pub struct Reader {
     inner: Box<dyn BufRead>,
-    encoding: Encoding,
+    encoding: Input,
     line: Vec<u8>,
     n: u64,
 }
 
 impl Reader {
-    pub fn new(inner: Box<dyn BufRead>, encoding: Encoding) -> Self {
+    pub fn new(inner: Box<dyn BufRead>, encoding: Input) -> Self {
         Reader {
             inner,
             encoding,
@@ -106,11 +114,8 @@ impl Reader {
 
     pub fn next_flow(&mut self) -> anyhow::Result<Option<Flow>> {
         match self.encoding {
-            Encoding::Jsonl => self.next_jsonl(),
-            Encoding::Pb => self.next_pb(),
-            Encoding::Har => {
-                anyhow::bail!("reading HAR is not supported; convert from jsonl or pb")
-            }
+            Input::Jsonl => self.next_jsonl(),
+            Input::Pb => self.next_pb(),
         }
     }
 }
@@ -126,8 +131,8 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
     let from = a
         .from
         .unwrap_or_else(|| match a.input.extension().and_then(|e| e.to_str()) {
-            Some("pb" | "binpb") => Encoding::Pb,
-            _ => Encoding::Jsonl,
+            Some("pb" | "binpb") => Input::Pb,
+            _ => Input::Jsonl,
         });
     let input: Box<dyn BufRead> = if a.input.as_os_str() == "-" {
         Box::new(BufReader::new(std::io::stdin()))

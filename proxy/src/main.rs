@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use clap::Parser;
-use flowtap::config::{default_ca_dir, CaCommand, Cli, Command, ProxyArgs, ProxyConfig};
+use flowtap::config::{
+    default_ca_dir, CaCommand, Cli, Command, ConfigError, ProxyArgs, ProxyConfig, SetupError,
+};
 use flowtap::http::Shared;
 use flowtap::metrics::Metrics;
 use flowtap::output::{self, WriterSettings, QUEUE_CAPTURE_BYTES, QUEUE_RECORDS};
@@ -34,7 +36,12 @@ const RUNTIME_STOP_TIMEOUT: Duration = Duration::from_millis(500);
 const EXIT_USAGE: i32 = 64;
 
 fn main() {
-    let cli = Cli::parse();
+    // clap's own errors (a bad value, an unknown flag) exit like every configuration error;
+    // --help and --version print and exit 0.
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { EXIT_USAGE } else { 0 });
+    });
     init_tracing();
     let result = match cli.command {
         Command::Proxy(args) => run_proxy(*args),
@@ -47,7 +54,7 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("flowtap: {e:#}");
-        let usage = e.downcast_ref::<flowtap::config::ConfigError>().is_some();
+        let usage = e.is::<ConfigError>() || e.is::<SetupError>();
         std::process::exit(if usage { EXIT_USAGE } else { 1 });
     }
 }
@@ -101,8 +108,8 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     }
     let metrics = Arc::new(Metrics::default());
     let ca = Arc::new(CertificateAuthority::load_or_create(&config.ca_dir)?);
-    let upstream_tls = UpstreamTls::new(&config.upstream_ca, config.insecure_upstream)
-        .map_err(anyhow::Error::msg)?;
+    let upstream_tls =
+        UpstreamTls::new(&config.upstream_ca, config.insecure_upstream).map_err(SetupError)?;
     let queue = match config.capture {
         CaptureMode::None => QUEUE_RECORDS,
         _ => (QUEUE_CAPTURE_BYTES / (2 * config.body_limit.max(1))).clamp(64, QUEUE_RECORDS),
@@ -114,8 +121,8 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         collector: config.collector.clone(),
         otlp: config.otlp.clone(),
     };
-    let writer = output::start(&config.outputs, settings, queue, metrics.clone())
-        .map_err(anyhow::Error::msg)?;
+    let writer =
+        output::start(&config.outputs, settings, queue, metrics.clone()).map_err(SetupError)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

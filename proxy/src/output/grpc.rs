@@ -101,7 +101,7 @@ pub fn open(
     let address = spec
         .address
         .as_deref()
-        .ok_or_else(|| format!("--output {}: no HOST:PORT", spec.raw))?;
+        .ok_or_else(|| "no HOST:PORT".to_string())?;
     let buffer = size("--buffer", &a.buffer, DEFAULT_BUFFER)?;
     if buffer < MIN_BUFFER {
         return Err(format!("--buffer {}: must be at least 4KiB", a.buffer));
@@ -123,11 +123,11 @@ pub fn open(
         ),
     };
     let uri = format!("{}://{address}", if tls { "https" } else { "http" });
-    let mut endpoint = sender::endpoint(&uri).map_err(|e| format!("--output {}: {e}", spec.raw))?;
+    let mut endpoint = sender::endpoint(&uri)?;
     if tls {
         endpoint = endpoint
             .tls_config(tls_config(address, a.collector_ca.as_deref())?)
-            .map_err(|e| format!("--output {}: {e}", spec.raw))?;
+            .map_err(|e| e.to_string())?;
     } else {
         if a.collector_ca.is_some() {
             return Err(format!(
@@ -181,7 +181,7 @@ pub fn open(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("--output {}: cannot start a runtime: {e}", spec.raw))?;
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
     let (done_tx, done_rx) = sync_channel(1);
     let thread_shared = shared.clone();
     std::thread::Builder::new()
@@ -190,7 +190,7 @@ pub fn open(
             runtime.block_on(sender::run(thread_shared, target));
             let _ = done_tx.send(());
         })
-        .map_err(|e| format!("--output {}: cannot start its thread: {e}", spec.raw))?;
+        .map_err(|e| format!("cannot start its thread: {e}"))?;
     Ok(Box::new(CollectorOutput {
         shared,
         spool,

@@ -179,7 +179,7 @@ impl Dest {
                 .append(true)
                 .open(p)
                 .map(|f| Dest::File(f, p.clone()))
-                .map_err(|e| format!("--output {}: cannot open for appending: {e}", p.display())),
+                .map_err(|e| format!("cannot open {} for appending: {e}", p.display())),
         }
     }
 
@@ -269,7 +269,16 @@ impl Output for Protobuf {
 }
 
 /// Opens one output; every failure names the `--output` it came from.
+/// Opens one output; a failure is a configuration error naming the output's spec.
 fn open_output(
+    spec: &OutputSpec,
+    s: &WriterSettings,
+    metrics: &Metrics,
+) -> Result<Box<dyn Output>, String> {
+    open_format(spec, s, metrics).map_err(|e| format!("--output {}: {e}", spec.raw))
+}
+
+fn open_format(
     spec: &OutputSpec,
     s: &WriterSettings,
     metrics: &Metrics,

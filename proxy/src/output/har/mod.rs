@@ -79,10 +79,9 @@ struct HarFile {
 
 pub fn open(spec: &OutputSpec, _s: &WriterSettings) -> Result<Box<dyn Output>, String> {
     let Target::File(path) = &spec.target else {
-        return Err(format!("--output {}: HAR needs a file path", spec.raw));
+        return Err("HAR needs a file path".to_string());
     };
-    let har = HarFile::open(path).map_err(|e| format!("--output {}: {e}", spec.raw))?;
-    Ok(Box::new(har))
+    Ok(Box::new(HarFile::open(path)?))
 }
 
 impl HarFile {

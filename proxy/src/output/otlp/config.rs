@@ -27,7 +27,8 @@ const MAX_QUEUE_SPANS: usize = 1 << 20;
 /// back to the standard `OTEL_*` variables).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct OtlpArgs {
-    /// OTLP endpoint for `--output otlp`, a base URL as in OTEL_EXPORTER_OTLP_ENDPOINT
+    /// OTLP endpoint of the otlp output (`--output otlp`, or the collector's `--sink otlp`), a
+    /// base URL as in OTEL_EXPORTER_OTLP_ENDPOINT
     /// (http/protobuf appends /v1/traces unless the path already ends with it).
     /// Default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT, then
     /// http://localhost:4318 (http/protobuf) or http://localhost:4317 (grpc).
@@ -205,7 +206,8 @@ fn first(env: Env, names: &[&'static str]) -> Option<(&'static str, String)> {
     names.iter().find_map(|n| env(n).map(|v| (*n, v)))
 }
 
-/// Resolves the settings of one `--output otlp[:URL]`; errors name the flag or variable.
+/// Resolves the settings of one `otlp[:URL]` output; errors name the flag or variable (the caller
+/// names the output).
 pub fn resolve(
     a: &OtlpArgs,
     spec_endpoint: Option<&str>,
@@ -225,12 +227,13 @@ pub fn resolve(
         },
     };
 
+    // The caller names the output spec in its errors; --otlp-endpoint is named here.
     let given = spec_endpoint
-        .map(|e| ("--output otlp:URL", e.to_string()))
-        .or_else(|| a.otlp_endpoint.clone().map(|e| ("--otlp-endpoint", e)));
+        .map(|e| ("", e.to_string()))
+        .or_else(|| a.otlp_endpoint.clone().map(|e| ("--otlp-endpoint: ", e)));
     let (endpoint, endpoint_shown) = match given {
         Some((flag, url)) => {
-            let url = endpoint_url(&url, protocol).map_err(|m| format!("{flag}: {m}"))?;
+            let url = endpoint_url(&url, protocol).map_err(|m| format!("{flag}{m}"))?;
             (Some(url.clone()), url)
         }
         None => (None, default_endpoint_shown(protocol, env)),
@@ -643,7 +646,7 @@ mod tests {
             "{e}"
         );
         let e = resolve(&a, Some("collector:4317"), &env).unwrap_err();
-        assert!(e.starts_with("--output otlp:URL"), "{e}");
+        assert!(e.starts_with("\"collector:4317\": expected an http"), "{e}");
     }
 
     #[test]

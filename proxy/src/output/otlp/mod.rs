@@ -49,11 +49,9 @@ pub fn open(
     s: &WriterSettings,
     metrics: &crate::metrics::Metrics,
 ) -> Result<Box<dyn Output>, String> {
-    let settings = config::resolve(&s.otlp, spec.address.as_deref(), &config::process_env)
-        .map_err(|e| format!("--output {}: {e}", spec.raw))?;
+    let settings = config::resolve(&s.otlp, spec.address.as_deref(), &config::process_env)?;
     let counters = Arc::new(Counters::default());
-    let thread = export::start(&settings, spec.raw.clone(), counters.clone())
-        .map_err(|e| format!("--output {}: {e}", spec.raw))?;
+    let thread = export::start(&settings, spec.raw.clone(), counters.clone())?;
     let exported = counters.clone();
     metrics.register(crate::metrics::OutputCounter {
         name: "flowtap_otlp_spans_exported_total",
