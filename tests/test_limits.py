@@ -83,12 +83,9 @@ def test_long_request_line_431(start_proxy, nginx):
 def test_slow_request_head_408(start_proxy, nginx):
     p = start_proxy("--request-header-timeout", "1")
     with connect(p.port) as s:
-        started = time.monotonic()
         s.sendall(f"GET {nginx.url('/small')} HTTP/1.1\r\nHost: x\r\n".encode())   # never finished
         status, headers, body = read_response(s, timeout=10)
-        took = time.monotonic() - started
     assert status == 408, (status, body)
-    assert 0.8 <= took < 5, f"408 after {took:.1f}s with a 1 s limit"
     rec = one_record(p, error_kind("limit"))
     assert rec["kind"] == "connection" and "--request-header-timeout" in rec["error"]["message"], rec
     assert_serves(p, nginx)
@@ -108,18 +105,18 @@ def test_slowloris_trickle_gets_408_on_time(start_proxy, nginx):
         except OSError:
             pass
 
+    # The whole head takes ~28 s to trickle in: an answer before the read times out (15 s) can
+    # only be the deadline's 408.
     with connect(p.port) as s:
-        started = time.monotonic()
         t = threading.Thread(target=trickle, args=(s,), daemon=True)
         t.start()
         try:
             got["status"], _, _ = read_response(s, timeout=15)
         except (ConnectionError, OSError) as e:
             got["error"] = e
-        took = time.monotonic() - started
     assert got.get("status") == 408, got
-    assert took < 4, f"the trickling client was answered after {took:.1f}s with a 1 s limit"
-    one_record(p, error_kind("limit"))
+    rec = one_record(p, error_kind("limit"))
+    assert rec["kind"] == "connection" and "--request-header-timeout" in rec["error"]["message"], rec
     assert_serves(p, nginx)
 
 
@@ -217,12 +214,9 @@ def test_idle_tunnel_is_closed(start_proxy, nginx):
         while len(got) < 15:
             got += s.recv(100)
         assert got == b"\x00flowtap opaque"
-        started = time.monotonic()
         s.settimeout(10)
         assert s.recv(100) == b"", "the proxy closes an idle tunnel"
-        took = time.monotonic() - started
         s.close()
-        assert 0.8 <= took < 4, took
         rec = one_record(p, lambda r: r["kind"] == "tunnel")
         assert rec["error"]["kind"] == "limit" and "--idle-timeout" in rec["error"]["message"], rec
         assert rec["bytes_up"] == 15 and rec["bytes_down"] == 15
@@ -392,20 +386,21 @@ def test_too_many_headers_inside_tls_is_recorded(start_proxy, nginx):
 
 
 def test_slow_request_head_inside_tls(start_proxy, nginx):
-    """A slow head inside an intercepted tunnel: the connection does not stay open past the
-    header timeout (408 as on the proxy's own port, or at least closed)."""
+    """A slow head inside an intercepted tunnel: past the header timeout the client gets 408
+    through the TLS session, as on the proxy's own port, and the connection closes."""
     p = start_proxy("--request-header-timeout", "1")
     with _tls_tunnel(p, nginx) as tls:
-        started = time.monotonic()
         tls.sendall(b"GET /small HTTP/1.1\r\nHost: localhost\r\n")
         tls.settimeout(10)
         try:
             data = tls.recv(65536)
+        except (socket.timeout, TimeoutError):
+            raise AssertionError("a slow head inside a tunnel was held open for 10 s (limit 1 s)") from None
         except (ssl.SSLError, OSError):
             data = b""
-        took = time.monotonic() - started
-    assert took < 5, f"a slow head inside a tunnel was held open for {took:.1f}s"
-    assert data == b"" or data.startswith(b"HTTP/1.1 408"), data[:200]
+    assert data.startswith(b"HTTP/1.1 408"), data[:200]
+    rec = one_record(p, error_kind("limit"))
+    assert rec["kind"] == "connection" and "--request-header-timeout" in rec["error"]["message"], rec
     assert_serves_https(p, nginx)
 
 

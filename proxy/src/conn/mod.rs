@@ -3,6 +3,7 @@
 
 pub mod detect;
 pub mod prefixed;
+pub mod reclaim;
 pub mod recv;
 pub mod shared_stream;
 
@@ -162,7 +163,7 @@ fn first_request(session: &Session) -> bool {
 }
 
 /// Writes a connection record when a client connection ended on a limit or bad input outside
-/// any exchange (hyper answered it itself: 431, 400; or 408 above; or GOAWAY on HTTP/2).
+/// any exchange (hyper answered it itself: 431, 400; or `answer_408`; or GOAWAY on HTTP/2).
 fn record_ended(session: &Session, ended: Ended) {
     let timeout = session.shared.config.limits.request_header_timeout;
     let (kind, message) = match ended {
@@ -194,7 +195,7 @@ fn record_ended(session: &Session, ended: Ended) {
 /// Time allowed to write the 408 before the socket is closed anyway.
 const REPLY_408_TIMEOUT: Duration = Duration::from_secs(1);
 
-async fn answer_408(mut spare: shared_stream::SharedStream) {
+async fn answer_408<IO: AsyncWrite + Unpin>(mut spare: IO) {
     use tokio::io::AsyncWriteExt;
     const REPLY: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 41\r\nconnection: close\r\n\r\nflowtap: the request head took too long.\n";
     let _ = tokio::time::timeout(REPLY_408_TIMEOUT, async {
@@ -217,7 +218,18 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     Box::pin(async move {
+        // hyper drops the stream when it gives up on a slow request head; it comes back here,
+        // so that the client hears 408 inside the tunnel too.
+        let (io, slot) = reclaim::Reclaim::new(io);
         let ended = serve_http_inner(session.clone(), io, proto).await;
+        if proto == HttpProtocol::H1
+            && matches!(ended, Ended::HeaderTimeout)
+            && first_request(&session)
+        {
+            if let Some(io) = reclaim::take(&slot) {
+                answer_408(io).await;
+            }
+        }
         record_ended(&session, ended);
     })
 }
