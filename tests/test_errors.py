@@ -5,7 +5,6 @@ as a `response`."""
 from __future__ import annotations
 
 import socket
-import time
 
 from support.clients import curl, write_out
 from support.net import dead_port
@@ -71,11 +70,9 @@ def test_upstream_dns_failure(proxy):
 def test_upstream_timeout(start_proxy, pyserver):
     proxy = start_proxy("--upstream-timeout", "1")
     url = f"{pyserver.base}/slow?head=4"
-    t0 = time.monotonic()
     r = curl("-x", proxy.url, "-w", W502, url).check()
-    elapsed = time.monotonic() - t0
+    # Without the 1 s timeout the upstream's 200 would come after 4 s: the 502 and the record say so.
     assert_502(r)
-    assert elapsed < 3.5, f"the 502 should come after ~1 s, took {elapsed:.1f} s"
     rec = proxy.record()
     assert_failed_record(rec, "upstream_timeout", url)
 
@@ -121,22 +118,24 @@ def test_upstream_closes_mid_body(proxy, pyserver):
     rec = proxy.record()
     assert rec["response"]["status"] == 200, "headers did come back"
     assert rec["error"]["kind"] == "upstream_closed", rec["error"]
-    assert rec["response"].get("body_size", ABORT_SENT) == ABORT_SENT
+    assert rec["response"]["body_size"] == ABORT_SENT, "the bytes forwarded before the cut"
 
 
 def test_client_closes_mid_body(proxy, nginx):
     s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
     url = nginx.url("/big100m")
     s.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1:{nginx.http_port}\r\n\r\n".encode())
-    got = 0
-    while got < 256 * 1024:
+    raw = b""
+    while len(raw) < 256 * 1024:
         chunk = s.recv(65536)
         assert chunk
-        got += len(chunk)
+        raw += chunk
+    body_read = len(raw.partition(b"\r\n\r\n")[2])
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
     s.close()
     rec = proxy.record(timeout=10)
     assert rec["request"]["url"] == url
     assert rec["response"]["status"] == 200
     assert rec["error"]["kind"] == "client_closed", rec["error"]
-    assert rec["response"].get("body_size", 0) < 100 * 1024 * 1024
+    # At least the body bytes the client read were forwarded; far from all of them.
+    assert body_read <= rec["response"]["body_size"] < 100 * 1024 * 1024, (body_read, rec["response"])

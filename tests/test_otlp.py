@@ -13,7 +13,6 @@ import json
 import select
 import socket
 import ssl
-import statistics
 import subprocess
 import threading
 import time
@@ -438,15 +437,14 @@ def test_slow_or_unreachable_endpoint_drops_spans_not_traffic(start_proxy, nginx
                                           f"otlp:http://127.0.0.1:{dead_port()}"])
         url = nginx.url("/small")
         n = 120
-        times = []
+        # No request may wait on the exporters, whose requests hang for 30 s here: each one has
+        # 10 s, far more than it needs and far less than the exporter's timeout.
         for _ in range(n):
-            r = curl("-x", proxy.url, "-o", "/dev/null", "-w", "%{time_total}", url).check()
-            times.append(float(r.text.strip()))
+            r = curl("-x", proxy.url, "-o", "/dev/null", "-w", "%{http_code}", url, timeout=10).check()
+            assert r.text == "200", r.text
         recs = proxy.records(n)
         assert len(recs) == n, "every record still written to the other outputs"
-        # No request waited on the exporters (whose requests hang for 30 s here).
-        assert max(times) < 2.0, f"slowest request {max(times):.3f}s"
-        assert statistics.median(times) < 0.25, f"median {statistics.median(times):.3f}s"
+        assert all(rec["response"]["status"] == 200 and "error" not in rec for rec in recs)
         # /metrics counts them per output while the proxy runs: the stuck exporter holds one
         # batch and its queue 8 spans, every other span was dropped when queued; nothing was
         # exported anywhere.

@@ -173,6 +173,11 @@ def test_reverse_tls_client_without_sni(topo, rproxy):
     r = topo.curl("--cacert", rproxy.ca_path, f"https://127.0.0.1:{TLS_UP}/small")
     assert r.rc == 0, r.err
     assert r.out == SMALL_BODY
+    rec = rproxy.record()
+    assert rec["mode"] == "reverse" and rec["request"]["url"] == f"https://{SERVER_NAME}/small", rec
+    assert rec["response"]["status"] == 200 and rec["response"]["body_size"] == len(SMALL_BODY)
+    assert rec["tls"]["intercepted"] is True and "sni" not in rec["tls"], rec["tls"]
+    assert rec["server"] == {"host": SERVER_NAME, "port": 443, "ip": SERVER_V4}
 
 
 def test_h2_complete_response_is_not_client_closed(topo, rproxy):
