@@ -57,7 +57,7 @@ def test_upstream_refused_behind_connect(proxy):
 
 
 def test_upstream_dns_failure(proxy):
-    url = "http://flowtap-test.invalid/"          # the suite's one lookup of a non-loopback name
+    url = "http://flowtap-test.invalid/"          # the suite's one non-loopback name (also the JDK case in test_k8s_attach)
     r = curl("-x", proxy.url, "-w", W502, url).check()
     assert_502(r)
     rec = proxy.record()

@@ -453,7 +453,7 @@ def test_java_truststore_and_proxy_properties(attach, start_proxy, tmp_path):
     # The JDK never proxies loopback names, whatever http.nonProxyHosts says, so the target is a
     # name that resolves nowhere: the JVM must send CONNECT to flowtap, accept flowtap's leaf
     # through the truststore, and then read flowtap's own 502 over the intercepted TLS.
-    url = "https://upstream.flowtap-test.invalid/"
+    url = "https://flowtap-test.invalid/"          # the suite's one non-loopback name (test_errors)
     run_env = k8s.clean_env({"JAVA_TOOL_OPTIONS": env["JAVA_TOOL_OPTIONS"]})
     r = subprocess.run([java, str(src), url], capture_output=True, text=True, env=run_env, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().endswith("502"), r.stdout + r.stderr
