@@ -32,6 +32,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+/// How long a silent transparent connection is given before the second look for the proxy's
+/// own upstream sockets (see `serve_transparent`); clients that speak first are looked at as
+/// soon as their first bytes arrive.
+const OWN_UPSTREAM_SETTLE: Duration = Duration::from_millis(50);
+
 /// Streams an HTTP/2 client may reset before the connection is closed with GOAWAY
 /// (rapid-reset protection, CVE-2023-44487).
 const MAX_PENDING_RESETS: usize = 64;
@@ -103,13 +108,8 @@ async fn serve_transparent(shared: Arc<Shared>, stream: TcpStream, client: Socke
     .ok()
     .and_then(|a| a.as_socket())
     .map(canonical);
-    let failure = match original {
-        // One of the proxy's own upstream connections, redirected back: the redirect rule lacks
-        // the owner exclusion for the proxy's user. Serving it would loop until descriptors ran out.
-        _ if crate::upstream::tracked::is_own_upstream(client) => Some(format!(
-            "connection from the proxy's own upstream socket {client}: the redirect rule must \
-             exclude the proxy's user (iptables -m owner ! --uid-owner UID); refusing to loop"
-        )),
+    let mut failure = match original {
+        _ if crate::upstream::tracked::is_own_upstream(client) => Some(own_upstream(client)),
         None => Some("no original destination (SO_ORIGINAL_DST): was the connection redirected by iptables/nftables REDIRECT?".to_string()),
         // Not redirected, or redirected back to the proxy: serving it would loop.
         Some(dst)
@@ -120,6 +120,16 @@ async fn serve_transparent(shared: Arc<Shared>, stream: TcpStream, client: Socke
         }
         Some(_) => None,
     };
+    if failure.is_none() {
+        // The proxy registers an upstream socket as soon as its connect returns, which can be
+        // a moment after the redirected connection was accepted here; it writes to it only
+        // after that. So once this connection has sent its first bytes, or stayed silent for a
+        // moment (server-first protocols), an own connection is registered: look again.
+        let _ = tokio::time::timeout(OWN_UPSTREAM_SETTLE, stream.readable()).await;
+        if crate::upstream::tracked::is_own_upstream(client) {
+            failure = Some(own_upstream(client));
+        }
+    }
     if let Some(message) = failure {
         tracing::debug!(client = %client, "{message}");
         shared
@@ -138,6 +148,15 @@ async fn serve_transparent(shared: Arc<Shared>, stream: TcpStream, client: Socke
         port: dst.port(),
     };
     inspect(session, stream, entry).await;
+}
+
+/// One of the proxy's own upstream connections, redirected back: the redirect rule lacks the
+/// owner exclusion for the proxy's user. Serving it would loop until descriptors ran out.
+fn own_upstream(client: SocketAddr) -> String {
+    format!(
+        "connection from the proxy's own upstream socket {client}: the redirect rule must \
+         exclude the proxy's user (iptables -m owner ! --uid-owner UID); refusing to loop"
+    )
 }
 
 /// `addr` with a v4-mapped IPv6 address written as the IPv4 address it is.
