@@ -453,9 +453,8 @@ def test_slow_or_unreachable_endpoint_drops_spans_not_traffic(start_proxy, nginx
                             or 0) >= n - 9 - 8, 10, "spans dropped by the stuck exporter on /metrics")
         assert proxy.metric("flowtap_otlp_spans_dropped_total", output=hole_output) <= n
         assert proxy.metric("flowtap_otlp_spans_exported_total", output=hole_output) == 0
-        t0 = time.monotonic()
-        assert proxy.stop(timeout=30) == 0
-        assert time.monotonic() - t0 < 15, "stopping must not wait for the stuck exporter"
+        # Stopping must not wait for the stuck exporter, whose request hangs for 30 s.
+        assert proxy.stop(timeout=15) == 0
     finally:
         hole.close()
     err = proxy.stderr_text()

@@ -41,14 +41,15 @@ def start_collector(request, tmp_path):
         pytest.fail("\n".join(problems))
 
 
-def get_through(proxy, urls, headers=None, verify=None) -> list[int]:
-    """GETs each URL through the proxy on one keep-alive session; returns the statuses."""
+def get_through(proxy, urls, headers=None, verify=None, timeout: float = 30) -> list[int]:
+    """GETs each URL through the proxy on one keep-alive session, each within `timeout`
+    seconds; returns the statuses."""
     s = requests.Session()
     s.trust_env = False
     s.proxies = proxy.requests_proxies
     out = []
     for u in urls:
-        r = s.get(u, headers=headers or {}, timeout=30, verify=verify if verify else True)
+        r = s.get(u, headers=headers or {}, timeout=timeout, verify=verify if verify else True)
         out.append(r.status_code)
     s.close()
     return out
