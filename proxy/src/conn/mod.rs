@@ -1,11 +1,11 @@
 //! One client connection: HTTP/1 or HTTP/2 served by hyper over any byte stream (the client's
 //! socket, a CONNECT tunnel, a decrypted TLS stream), with graceful shutdown.
 
+pub mod client_stream;
 pub mod detect;
 pub mod prefixed;
 pub mod reclaim;
 pub mod recv;
-pub mod shared_stream;
 
 /// For tests: a connected TCP pair on loopback, as (the accepted side, the connecting side).
 #[cfg(test)]
@@ -166,15 +166,13 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 
 async fn serve_regular(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
     let conn = ConnInfo::new(client, Mode::Regular);
-    // A second handle on the socket, to answer 408 after hyper gave up on a slow request head.
-    let stream = shared_stream::SharedStream(Arc::new(stream));
-    let spare = stream.clone();
-    let session = Session::new(shared.clone(), conn.clone(), None, Route::Forward);
-    let ended = serve_http_inner(session.clone(), stream, HttpProtocol::H1).await;
-    if matches!(ended, Ended::HeaderTimeout) && first_request(&session) {
-        answer_408(spare).await;
-    }
-    record_ended(&session, ended);
+    let session = Session::new(shared, conn, None, Route::Forward);
+    serve_http(
+        session,
+        client_stream::ClientStream(stream),
+        HttpProtocol::H1,
+    )
+    .await
 }
 
 fn first_request(session: &Session) -> bool {
@@ -238,7 +236,7 @@ where
 {
     Box::pin(async move {
         // hyper drops the stream when it gives up on a slow request head; it comes back here,
-        // so that the client hears 408 inside the tunnel too.
+        // so that the client hears 408 (on the proxy's port and inside tunnels alike).
         let (io, slot) = reclaim::Reclaim::new(io);
         let ended = serve_http_inner(session.clone(), io, proto).await;
         if proto == HttpProtocol::H1

@@ -1,10 +1,8 @@
 //! A stream hyper serves and hands back when it is done with it. hyper's HTTP/1 server closes a
-//! connection whose request head did not arrive in time without answering; on the proxy's own
-//! port [`super::shared_stream::SharedStream`] keeps a second handle on the socket to answer
-//! `408`, but inside an intercepted TLS tunnel the stream is a TLS session with one owner. This
-//! wrapper gives that session back into a slot when hyper drops it, so the proxy can still
-//! write the `408` through it. It costs nothing per read or write: the slot is touched once,
-//! when the connection is dropped.
+//! connection whose request head did not arrive in time without answering. This wrapper gives
+//! the stream (the client's socket, or the TLS session inside a tunnel) back into a slot when
+//! hyper drops it, so the proxy can still write the `408` through it. It costs nothing per read
+//! or write: the slot is touched once, when the connection is dropped.
 
 use std::io;
 use std::pin::Pin;

@@ -1,19 +1,16 @@
-//! A TCP stream that two owners can use: hyper serves the connection through one handle, and the
-//! proxy keeps the other to answer `408` after hyper gave up on a slow request head. Unlike a
-//! duplicated descriptor, this costs no second file descriptor per connection.
+//! The client's socket on the proxy's own port, as hyper reads and writes it: tokio's
+//! `TcpStream` I/O, with reads that do not zero the buffer first (see [`super::recv`]).
 
 use socket2::SockRef;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-#[derive(Clone)]
-pub struct SharedStream(pub Arc<TcpStream>);
+pub struct ClientStream(pub TcpStream);
 
-impl AsyncRead for SharedStream {
+impl AsyncRead for ClientStream {
     /// Reads like tokio's own `TcpStream::poll_read`, including its shortcut: a read that did
     /// not fill the buffer drained the socket, so readiness is cleared then and there, and the
     /// next poll waits for the reactor instead of finding out with a `recv` that fails with
@@ -49,7 +46,7 @@ impl AsyncRead for SharedStream {
     }
 }
 
-impl AsyncWrite for SharedStream {
+impl AsyncWrite for ClientStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -87,7 +84,7 @@ impl AsyncWrite for SharedStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+        Poll::Ready(SockRef::from(&self.0).shutdown(std::net::Shutdown::Write))
     }
 }
 
@@ -97,9 +94,9 @@ mod tests {
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn pair() -> (SharedStream, TcpStream) {
+    async fn pair() -> (ClientStream, TcpStream) {
         let (accepted, client) = crate::conn::loopback_pair().await;
-        (SharedStream(Arc::new(accepted)), client)
+        (ClientStream(accepted), client)
     }
 
     /// A short read clears readiness; bytes that arrive afterwards must still wake the reader.
@@ -134,7 +131,7 @@ mod tests {
     async fn ping_pong_never_loses_a_wakeup() {
         let (shared, mut peer) = pair().await;
         let echo = tokio::spawn(async move {
-            let (mut r, mut w) = (shared.clone(), shared);
+            let (mut r, mut w) = tokio::io::split(shared);
             let mut buf = [0u8; 7];
             loop {
                 let n = r.read(&mut buf).await.expect("read");
