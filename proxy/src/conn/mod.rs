@@ -125,8 +125,8 @@ async fn serve_transparent(shared: Arc<Shared>, stream: TcpStream, client: Socke
         // a moment after the redirected connection was accepted here; it writes to it only
         // after that. So once this connection has sent its first bytes, or stayed silent for a
         // moment (server-first protocols), an own connection is registered: look again.
-        // (A peek, not `readable()`: a freshly accepted socket can be reported readable before
-        // any byte has arrived, and `peek` waits until one really has.)
+        // (A peek, not `readable()`: tokio starts an accepted socket as readable, tokio#8435,
+        // so `readable()` returns at once; `peek` waits until a byte really has arrived.)
         let _ = tokio::time::timeout(OWN_UPSTREAM_SETTLE, stream.peek(&mut [0u8; 1])).await;
         if crate::upstream::tracked::is_own_upstream(client) {
             failure = Some(own_upstream(client));
