@@ -356,6 +356,93 @@ def idle_run(args, launcher: Launcher, name: str) -> dict:
     return run
 
 
+def soak_run(args, launcher: Launcher, name: str, scenarios: list[str]) -> dict:
+    """One proxy process for the whole soak: `args.soak` rounds, each running every scenario
+    in turn for `args.duration`, with the proxy's memory sampled after every step."""
+    run: dict = {"contender": name, "steps": []}
+    proxy = launcher.start(name)
+    try:
+        run["start"] = mem_kib(proxy.pid)
+        for rnd in range(1, args.soak + 1):
+            for sc in scenarios:
+                data = summarize_oha(run_oha(oha_argv(args, sc, proxy, args.duration), args.duration))
+                if not proxy.alive():
+                    raise RuntimeError(f"{name} exited during the soak (code {proxy.proc.returncode})")
+                mem = mem_kib(proxy.pid)
+                run["steps"].append({"round": rnd, "scenario": sc, "requests_ok": data["requests_ok"],
+                                     "errors": data["errors"], "cut_off": data["aborted_at_deadline"],
+                                     "rss_kib": mem.get("VmRSS"),
+                                     "hwm_kib": mem.get("VmHWM")})
+                log(f"soak {name} round {rnd}/{args.soak} ({sc}): {data['requests_ok']:,} ok, "
+                    f"errors {data['errors']}, RSS {fmt(mem.get('VmRSS', 0) / 1024, '.1f')} MiB")
+        run["ok"] = True
+    except Exception as e:  # noqa: BLE001 - a failed soak is a result
+        run["ok"], run["error"] = False, f"{type(e).__name__}: {e}"
+    finally:
+        proxy.stop()
+    run["requests_ok"] = sum(s["requests_ok"] for s in run["steps"])
+    run["errors"] = sum(s["errors"] for s in run["steps"])
+    run["cut_off"] = sum(s["cut_off"] for s in run["steps"])
+    count_records(args, proxy, run)
+    return run
+
+
+def soak_markdown(meta: dict, runs: list[dict], scenarios: list[str]) -> str:
+    lines = [f"flowtap soak — {meta['date']} — {meta['machine']}", "",
+             f"One proxy process per contender; {meta['soak_rounds']} rounds, each running "
+             f"{', '.join(f'({s})' for s in scenarios)} in turn for {meta['duration_s']:g} s; memory "
+             "sampled after every step. RSS per round = the largest VmRSS sampled in that round. "
+             "Cut off = requests in flight when a step's time ran out (oha drops them; the proxy "
+             "may still record them).", "",
+             "| contender | requests | errors | cut off | records / served | RSS round 1 MiB | "
+             "RSS last round MiB | VmHWM MiB | RSS MiB per round |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for run in runs:
+        per_round: dict[int, int] = {}
+        for st in run["steps"]:
+            per_round[st["round"]] = max(per_round.get(st["round"], 0), st["rss_kib"] or 0)
+        rounds = [per_round[r] / 1024 for r in sorted(per_round)]
+        hwm = max((st["hwm_kib"] or 0 for st in run["steps"]), default=0) / 1024
+        recs = (f"{run['proxy_log_lines']:,} / {run['responses_served']:,}"
+                if "proxy_log_lines" in run else "—")
+        lines.append(f"| {run['contender']} | {run['requests_ok']:,} | {run['errors']} | {run['cut_off']:,} | {recs} | "
+                     f"{fmt(rounds[0] if rounds else None, '.1f')} | {fmt(rounds[-1] if rounds else None, '.1f')} | "
+                     f"{hwm:.1f} | {', '.join(f'{r:.1f}' for r in rounds)} |")
+    failed = [r for r in runs if not r.get("ok")]
+    if failed:
+        lines += ["", *[f"- {r['contender']}: {r['error'].splitlines()[0][:300]}" for r in failed]]
+    return "\n".join(lines) + "\n"
+
+
+def soak_main(args, launcher: Launcher, contenders: list[str], scenarios: list[str], meta: dict) -> int:
+    # (d) opens a connection per request and (f) holds idle ones: neither is a steady load.
+    scenarios = [s for s in scenarios if s not in ("d", "f")]
+    if not scenarios:
+        log("--soak: no load scenario left (d and f are not soaked)")
+        return 2
+    contenders = [c for c in contenders if c != "direct"]
+    meta.update({"soak_rounds": args.soak, "scenarios": {s: SCENARIOS[s][0] for s in scenarios},
+                 "contenders": contenders})
+    runs = []
+    for name in contenders:
+        try:
+            runs.append(soak_run(args, launcher, name, scenarios))
+        except StartError as e:
+            runs.append({"contender": name, "ok": False, "error": f"StartError: {e}", "steps": [],
+                         "requests_ok": 0, "errors": 0, "cut_off": 0})
+    md = soak_markdown(meta, runs, scenarios)
+    out_dir = Path(args.results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = json.dumps({"meta": meta, "runs": runs}, indent=1) + "\n"
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for name in ("soak-latest", f"soak-{stamp}"):
+        (out_dir / f"{name}.json").write_text(raw)
+        (out_dir / f"{name}.md").write_text(md)
+    print(md)
+    log(f"raw results: {out_dir / 'soak-latest.json'}; table: {out_dir / 'soak-latest.md'}")
+    return 0 if all(r.get("ok") for r in runs) else 1
+
+
 # ------------------------------------------------------------------ reporting
 
 def median_run(runs: list[dict], key: str) -> dict | None:
@@ -591,7 +678,7 @@ def versions(args) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: 2 s timed, 1 s warm-up, 2 rounds, 1,000 idle connections")
-    p.add_argument("--scenarios", default=",".join(SCENARIO_ORDER), help="comma list of " + ",".join(SCENARIO_ORDER))
+    p.add_argument("--scenarios", help="comma list of " + ",".join(SCENARIO_ORDER) + " (default all; --soak: a,b,c,e)")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma list of " + ",".join(CONTENDERS))
     p.add_argument("--duration", type=parse_duration, help="timed part of each run (default 10s, quick 2s)")
     p.add_argument("--warmup", type=parse_duration, help="warm-up before each timed run (default 2s, quick 1s)")
@@ -600,6 +687,9 @@ def main() -> int:
     p.add_argument("--idle-hold", type=float, default=5.0, help="(f) seconds to hold all connections idle before sampling")
     p.add_argument("--no-build", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--keep-work", action="store_true", help="keep the temp work dir (logs, records)")
+    p.add_argument("--soak", type=int, metavar="ROUNDS",
+                   help="instead of the matrix: keep one process per proxy for ROUNDS rounds of the load "
+                        "scenarios (default a,b,c,e; --duration each) and sample its memory after every step")
     # Set by bench/run:
     for flag in ("--work", "--upstream-ca", "--oha", "--mitmdump", "--hudsucker", "--flowtap", "--results"):
         p.add_argument(flag, required=True, help=argparse.SUPPRESS)
@@ -612,7 +702,10 @@ def main() -> int:
     args.warmup = args.warmup or (1.0 if q else 2.0)
     args.rounds = args.rounds or (2 if q else 3)
     args.idle_conns = args.idle_conns or (1000 if q else 10_000)
-    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if args.soak is not None and args.soak < 1:
+        p.error("--soak: at least 1 round")
+    default_scenarios = "a,b,c,e" if args.soak else ",".join(SCENARIO_ORDER)
+    scenarios = [s.strip() for s in (args.scenarios or default_scenarios).split(",") if s.strip()]
     wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]
     for s in scenarios:
         if s not in SCENARIOS:
@@ -642,6 +735,8 @@ def main() -> int:
         "missing_contenders": missing, "versions": versions(args),
         "report": "median run by req/s (lower middle for even counts); (f): median run by VmRSS",
     }
+    if args.soak:
+        return soak_main(args, launcher, contenders, scenarios, meta)
     runs: list[dict] = []
     total = len(scenarios) * args.rounds * len(contenders)
     n = 0
