@@ -411,7 +411,7 @@ def soak_markdown(meta: dict, runs: list[dict], scenarios: list[str]) -> str:
     failed = [r for r in runs if not r.get("ok")]
     if failed:
         lines += ["", *[f"- {r['contender']}: {r['error'].splitlines()[0][:300]}" for r in failed]]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def soak_main(args, launcher: Launcher, contenders: list[str], scenarios: list[str], meta: dict) -> int:
@@ -431,16 +431,22 @@ def soak_main(args, launcher: Launcher, contenders: list[str], scenarios: list[s
             runs.append({"contender": name, "ok": False, "error": f"StartError: {e}", "steps": [],
                          "requests_ok": 0, "errors": 0, "cut_off": 0})
     md = soak_markdown(meta, runs, scenarios)
+    write_results(args, "soak-", "", {"meta": meta, "runs": runs}, md)
+    return 0 if all(r.get("ok") for r in runs) else 1
+
+
+def write_results(args, prefix: str, suffix: str, data: dict, md: str) -> None:
+    """`{prefix}latest.{json,md}`, overwritten by every run, and stamped copies that keep
+    earlier runs; then the table on stdout."""
     out_dir = Path(args.results)
     out_dir.mkdir(parents=True, exist_ok=True)
-    raw = json.dumps({"meta": meta, "runs": runs}, indent=1) + "\n"
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for name in ("soak-latest", f"soak-{stamp}"):
+    raw = json.dumps(data, indent=1) + "\n"
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + suffix
+    for name in (f"{prefix}latest", f"{prefix}{stamp}"):
         (out_dir / f"{name}.json").write_text(raw)
-        (out_dir / f"{name}.md").write_text(md)
+        (out_dir / f"{name}.md").write_text(md + "\n")
     print(md)
-    log(f"raw results: {out_dir / 'soak-latest.json'}; table: {out_dir / 'soak-latest.md'}")
-    return 0 if all(r.get("ok") for r in runs) else 1
+    log(f"raw results: {out_dir / f'{prefix}latest.json'}; table: {out_dir / f'{prefix}latest.md'}")
 
 
 # ------------------------------------------------------------------ reporting
@@ -777,16 +783,8 @@ def main() -> int:
     md = markdown(meta, summary, targets, scenarios, contenders, runs)
     if missing:
         md += "\nNot run: " + "; ".join(f"{k} ({v})" for k, v in missing.items()) + "\n"
-    out_dir = Path(args.results)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    raw = json.dumps({"meta": meta, "summary": summary, "targets": targets, "runs": runs}, indent=1) + "\n"
-    # latest.* is overwritten by every run; the stamped copies keep earlier runs.
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if q else "")
-    for name in ("latest", stamp):
-        (out_dir / f"{name}.json").write_text(raw)
-        (out_dir / f"{name}.md").write_text(md + "\n")
-    print(md)
-    log(f"raw results: {out_dir / 'latest.json'}; table: {out_dir / 'latest.md'}")
+    write_results(args, "", "-quick" if q else "",
+                  {"meta": meta, "summary": summary, "targets": targets, "runs": runs}, md)
     return 0
 
 

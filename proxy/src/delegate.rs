@@ -1,10 +1,11 @@
 //! `AsyncWrite` by delegation, for stream wrappers that only change how they read
-//! ([`crate::conn::prefixed::Prefixed`], [`crate::upstream::tracked::Tracked`]).
+//! ([`crate::conn::prefixed::Prefixed`], [`crate::upstream::tracked::Tracked`],
+//! [`crate::conn::client_stream::ClientStream`]).
 
 /// Expands, inside `impl AsyncWrite for Wrapper`, to the write methods forwarded to the
-/// wrapper's `$field` (which must be `Unpin`).
+/// wrapper's `$field` (a field name or tuple index; the field must be `Unpin`).
 macro_rules! delegate_async_write {
-    ($field:ident) => {
+    ($field:tt) => {
         fn poll_write(
             mut self: std::pin::Pin<&mut Self>,
             cx: &mut std::task::Context<'_>,
