@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The loopback upstream that the benchmark (bench/run) and the profile-guided release build
-# (tools/build-release) drive traffic at: a throw-away PKI made with openssl, and nginx from its
+# (deploy/build-release) drive traffic at: a throw-away PKI made with openssl, and nginx from its
 # own temp config (worker_processes 1; TLS 1.2/1.3 with HTTP/1.1 and HTTP/2 by ALPN; fixed 1 KiB
 # and 1 MiB bodies). Source this file, then:
 #
