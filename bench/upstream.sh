@@ -9,10 +9,21 @@
 #                                nginx under DIR/nginx, trusting nothing, serving /1k and /1m;
 #                                sets HTTP_PORT, HTTPS_PORT, IDLE_PORT and NGINX_PID
 #   upstream_nginx_stop          stops it (safe to call when it never started)
+#   free_ports N                 prints N free TCP ports on 127.0.0.1
 #
 # Everything listens on 127.0.0.1.
 
 NGINX_PID=""
+
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])
+EOF
+}
 
 upstream_pki() {
     local pki="$1"
@@ -34,14 +45,7 @@ upstream_pki() {
 
 upstream_nginx_start() {
     local work="$1" pki="$2" nofile="$3"
-    read -r HTTP_PORT HTTPS_PORT IDLE_PORT < <(python3 - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-EOF
-)
+    read -r HTTP_PORT HTTPS_PORT IDLE_PORT < <(free_ports 3)
     local ng="$work/nginx"
     mkdir -p "$ng/www" "$ng/tmp"
     head -c 1024 /dev/urandom > "$ng/www/1k"
