@@ -24,6 +24,7 @@ pub mod conn;
 pub mod connect;
 pub mod convert;
 mod delegate;
+pub mod glibc;
 pub mod http;
 pub mod k8s;
 pub mod listener;

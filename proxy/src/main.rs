@@ -42,7 +42,21 @@ fn main() {
         let _ = e.print();
         std::process::exit(if e.use_stderr() { EXIT_USAGE } else { 0 });
     });
+    // Before any thread: on AMD CPUs the proxy executes itself once more with glibc's `rep movsb`
+    // turned off (see `flowtap::glibc`); this returns only if there was nothing to do or it failed.
+    let tuned = match &cli.command {
+        Command::Proxy(_) => flowtap::glibc::reexec_tuned(),
+        _ => Ok(()),
+    };
     init_tracing();
+    if let Err(e) = tuned {
+        tracing::warn!(error = %e, "cannot restart with glibc's rep movsb turned off; large bodies will cost more CPU on this AMD CPU");
+    } else if std::env::var_os(flowtap::glibc::MARK).is_some() {
+        tracing::debug!(
+            tunable = flowtap::glibc::TUNABLE,
+            "restarted with glibc's rep movsb turned off (AMD CPU)"
+        );
+    }
     let result = match cli.command {
         Command::Proxy(args) => run_proxy(*args),
         Command::Ca(CaCommand::Export(a)) => ca_export(a),
