@@ -64,11 +64,16 @@ fn vendor(cpuinfo: &str) -> Option<&str> {
 pub fn reexec_tuned() -> std::io::Result<()> {
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
-    // The vendor is on the first lines; a large machine's whole file is hundreds of KiB.
+    // The vendor is on the first lines; a large machine's whole file is hundreds of KiB. What
+    // cannot be read names no vendor: nothing to do, and nothing to warn about.
     let mut head = String::new();
     if let Ok(f) = std::fs::File::open("/proc/cpuinfo") {
-        for line in std::io::BufReader::new(f).lines().take(8) {
-            head.push_str(&line?);
+        for line in std::io::BufReader::new(f)
+            .lines()
+            .take(8)
+            .map_while(Result::ok)
+        {
+            head.push_str(&line);
             head.push('\n');
         }
     }
