@@ -2,6 +2,7 @@
 //! socket, a CONNECT tunnel, a decrypted TLS stream), with graceful shutdown.
 
 pub mod client_stream;
+pub mod coalesce;
 pub mod detect;
 pub mod prefixed;
 pub mod reclaim;
@@ -271,14 +272,15 @@ where
     // for as long as the connection lives, so an idle keep-alive connection holds 16 bytes
     // instead of the whole forwarding state (measured in bench/README, scenario f).
     let service = service_fn(move |req| -> HandleFuture { Box::pin(handle(s.clone(), req)) });
-    let io = TokioIo::new(io);
     let result = match proto {
-        HttpProtocol::H1 => serve_h1(io, service, limits, shutdown).await,
+        HttpProtocol::H1 => serve_h1(TokioIo::new(io), service, limits, shutdown).await,
         HttpProtocol::H2 => {
             // Boxed in its own statement, so the (larger) HTTP/2 state is not part of every
             // HTTP/1 connection's future.
-            let h2 = Box::pin(serve_h2(io, service, limits, shutdown));
-            h2.await
+            // Its writes are collected and go out once per poll (conn/coalesce.rs).
+            let (io, batch) = coalesce::new(io);
+            let h2 = Box::pin(serve_h2(TokioIo::new(io), service, limits, shutdown));
+            batch.drive(h2).await
         }
     };
     match result {
