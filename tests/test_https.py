@@ -4,6 +4,7 @@ clients, the minted leaf, and ignored hosts relayed untouched."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import ssl
 
@@ -190,3 +191,53 @@ def test_https_h2_concurrent_streams(proxy, nginx):
     assert len({r["connection_id"] for r in recs}) == 1
     assert len({r["id"] for r in recs}) == len(urls)
     assert all(r["response"]["body_size"] == len(JSON_BODY) for r in recs)
+
+
+def test_https_h2_mixed_streams_arrive_whole_and_apart(proxy, nginx):
+    """Streams of one HTTP/2 connection whose responses the proxy writes together (several per
+    write, large frames straight through): 1 MiB downloads, 4 KiB and 1 KiB files and uploads
+    echoed by the server, all in flight at once. Every response is its own stream's, byte for
+    byte, and every exchange has its record."""
+    ctx = ssl.create_default_context(cafile=str(proxy.ca_path))
+    small = nginx.url("/small", host="localhost", tls=True)
+    jobs = []
+    for i in range(40):
+        kind = ("big1m", "echo", "small", "bin4k")[i % 4]
+        if kind == "echo":
+            body = hashlib.sha256(b"stream %d" % i).digest() * (3 + 97 * i)
+            jobs.append(("POST", nginx.url(f"/echo?stream={i}", host="localhost", tls=True), body))
+        else:
+            jobs.append(("GET", nginx.url(f"/{kind}?stream={i}", host="localhost", tls=True), None))
+
+    async def main():
+        async with httpx.AsyncClient(http2=True, proxy=proxy.url, verify=ctx, trust_env=False,
+                                     timeout=60) as c:
+            first = await c.get(small)  # until ALPN has said h2, httpx opens a connection per request
+            rest = await asyncio.gather(*(c.request(m, u, content=b) for m, u, b in jobs))
+            return first, rest
+
+    first, responses = asyncio.run(main())
+    assert first.content == SMALL_BODY and first.http_version == "HTTP/2"
+    for (method, url, body), r in zip(jobs, responses):
+        assert r.status_code == 200 and r.http_version == "HTTP/2", (url, r.status_code)
+        path = url.split("/", 3)[3].split("?")[0]
+        if method == "POST":
+            echo = r.json()
+            assert echo["path"] == "/" + url.split("/", 3)[3], (url, echo["path"])
+            assert echo["received"] == len(body)
+            assert echo["sha256"] == hashlib.sha256(body).hexdigest(), url
+        else:
+            size, sha = nginx.files["/" + path]
+            assert len(r.content) == size and hashlib.sha256(r.content).hexdigest() == sha, url
+
+    recs = proxy.records(len(jobs) + 1)
+    assert len({r["connection_id"] for r in recs}) == 1
+    by_url = {r["request"]["url"]: r for r in recs}
+    assert set(by_url) == {u for _, u, _ in jobs} | {small}
+    for (method, url, body), r in zip(jobs, responses):
+        rec = by_url[url]
+        assert rec["request"]["method"] == method
+        assert rec["response"]["status"] == 200
+        assert rec["response"]["body_size"] == len(r.content)
+        if body is not None:
+            assert rec["request"]["body_size"] == len(body)

@@ -16,6 +16,7 @@
 //! A connection with nothing else in flight writes after one turn of the scheduler. Large
 //! writes (bodies in big frames) skip the buffer, so no byte is copied twice.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -34,10 +35,30 @@ const KEEP_CAPACITY: usize = 16 * 1024;
 /// What the connection's future and its stream share.
 #[derive(Default)]
 struct Gate {
-    /// Set while the connection's future is in its first pass of a poll: flushes are put off.
-    defer: AtomicBool,
     /// Output was collected and a flush was put off.
     owed: AtomicBool,
+}
+
+thread_local! {
+    /// The gate of the connection whose future this thread is polling in a first pass (the
+    /// one whose flushes are put off), if any. Per thread, so that only that very poll puts
+    /// its flushes off: a stream polled from any other task or thread flushes as usual.
+    static DEFERRING: Cell<*const Gate> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Marks this thread as in a connection's first pass until dropped (also on a panic).
+struct Deferring(*const Gate);
+
+impl Deferring {
+    fn enter(gate: &Arc<Gate>) -> Self {
+        Deferring(DEFERRING.replace(Arc::as_ptr(gate)))
+    }
+}
+
+impl Drop for Deferring {
+    fn drop(&mut self) {
+        DEFERRING.set(self.0);
+    }
 }
 
 /// A stream whose writes are collected while its connection's future is polled, and written
@@ -162,11 +183,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.gate.defer.load(Relaxed) && !self.buf.is_empty() {
+        if !self.buf.is_empty() && DEFERRING.get() == Arc::as_ptr(&self.gate) {
+            // Within its connection's first pass: `Batched` flushes once that pass is over.
             self.gate.owed.store(true, Relaxed);
-            // `Batched` polls again for the write; the wake makes sure of it (it costs nothing
-            // more when the task is about to be woken anyway).
-            cx.waker().wake_by_ref();
             return Poll::Ready(Ok(()));
         }
         ready!(self.poll_drain(cx))?;
@@ -192,9 +211,10 @@ impl<F: Future + Unpin> Future for Batched<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        this.gate.defer.store(true, Relaxed);
-        let first = Pin::new(&mut this.inner).poll(cx);
-        this.gate.defer.store(false, Relaxed);
+        let first = {
+            let _deferring = Deferring::enter(&this.gate);
+            Pin::new(&mut this.inner).poll(cx)
+        };
         if first.is_ready() || !this.gate.owed.load(Relaxed) {
             return first;
         }
@@ -374,6 +394,42 @@ mod tests {
             total,
             frames.len() * frame.len(),
             "every byte written, once"
+        );
+    }
+
+    /// Only its own connection's poll, on its own thread, puts a stream's flush off: flushed
+    /// from anywhere else it writes at once, so nothing can wait for a second pass that never
+    /// comes. (hyper's HTTP/2 client polls its connection from a task of its own: with the
+    /// stream wrapped and the future hyper hands back driven, requests stalled.)
+    #[test]
+    fn a_stream_flushed_outside_its_connections_poll_writes_at_once() {
+        let waker = Waker::from(Arc::new(Wakes::default()));
+        let mut cx = Context::from_waker(&waker);
+        let wire = Wire::default();
+        let (mut io, batch) = new(wire.clone());
+        // Before the connection is driven (a handshake).
+        assert!(Pin::new(&mut io).poll_write(&mut cx, b"preface").is_ready());
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
+        assert_eq!(wire.writes(), vec![b"preface".to_vec()]);
+
+        // From another thread, while the connection's future is in its first pass here.
+        let mut conn = batch.drive(std::future::poll_fn(|_| {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let waker = Waker::from(Arc::new(Wakes::default()));
+                    let mut cx = Context::from_waker(&waker);
+                    assert!(Pin::new(&mut io)
+                        .poll_write(&mut cx, b"settings")
+                        .is_ready());
+                    assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
+                });
+            });
+            Poll::<()>::Pending
+        }));
+        assert!(Pin::new(&mut conn).poll(&mut cx).is_pending());
+        assert_eq!(
+            wire.writes(),
+            vec![b"preface".to_vec(), b"settings".to_vec()]
         );
     }
 
