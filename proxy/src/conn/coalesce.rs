@@ -127,11 +127,9 @@ impl<IO: AsyncWrite + Unpin> Coalesce<IO> {
         put: impl FnOnce(&mut Vec<u8>),
         pass: impl FnOnce(Pin<&mut IO>, &mut Context<'_>) -> Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
-        if len < WRITE_THROUGH && self.buf.len() + len <= MAX_BUFFERED {
-            put(&mut self.buf);
-            return Poll::Ready(Ok(len));
+        if len >= WRITE_THROUGH || self.buf.len() + len > MAX_BUFFERED {
+            ready!(self.poll_drain(cx))?;
         }
-        ready!(self.poll_drain(cx))?;
         if len < WRITE_THROUGH {
             put(&mut self.buf);
             return Poll::Ready(Ok(len));
