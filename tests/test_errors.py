@@ -5,6 +5,7 @@ as a `response`."""
 from __future__ import annotations
 
 import socket
+import threading
 
 from support.clients import curl, write_out
 from support.net import dead_port
@@ -139,3 +140,98 @@ def test_client_closes_mid_body(proxy, nginx):
     assert rec["error"]["kind"] == "client_closed", rec["error"]
     # At least the body bytes the client read were forwarded; far from all of them.
     assert body_read <= rec["response"]["body_size"] < 100 * 1024 * 1024, (body_read, rec["response"])
+
+
+class _AnswersOncePerConnection:
+    """An upstream that answers the first request on each connection with nothing saying the
+    connection ends (HTTP/1.1 keep-alive), then closes it, unanswered, when the next request
+    arrives: what a server that times idle connections out does to a request that crosses its
+    close. Keeps (connection number, method, path, body) of every request it read."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.seen: list[tuple[int, str, str, bytes]] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        n = 0
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            n += 1
+            threading.Thread(target=self._serve, args=(c, n), daemon=True).start()
+
+    def _serve(self, c, n):
+        with c, c.makefile("rb") as f:
+            for answered in (False, True):
+                line = f.readline()
+                if not line:
+                    return
+                method, path, _ = line.decode().split(" ", 2)
+                length = 0
+                while (h := f.readline()) not in (b"\r\n", b""):
+                    name, _, value = h.decode().partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                with self.lock:
+                    self.seen.append((n, method, path, f.read(length)))
+                if answered:
+                    return            # the second request: closed without a word
+                body = f"{method} {path} on connection {n}".encode()
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def close(self):
+        self.sock.close()
+
+
+def test_kept_connection_closed_unanswered_get_is_sent_again(proxy):
+    srv = _AnswersOncePerConnection()
+    try:
+        base = f"http://127.0.0.1:{srv.port}"
+        r = curl("-x", proxy.url, f"{base}/one", f"{base}/two?x=1",
+                 "-H", "X-Trace: t-77").check()
+        # /two went out on the kept connection, which the server closed without answering; the
+        # proxy sent it again, as it was, on a new connection, and the client never knew.
+        assert r.text == "GET /one on connection 1GET /two?x=1 on connection 2", r.text
+        with srv.lock:
+            assert [(n, m, p) for n, m, p, _ in srv.seen] == [
+                (1, "GET", "/one"), (1, "GET", "/two?x=1"), (2, "GET", "/two?x=1")]
+        recs = proxy.records(2)
+        by_path = {rec["request"]["url"].removeprefix(base): rec for rec in recs}
+        assert sorted(by_path) == ["/one", "/two?x=1"], recs
+        again = by_path["/two?x=1"]
+        assert "error" not in again, again
+        assert again["response"]["status"] == 200
+        assert again["response"]["body_size"] == len("GET /two?x=1 on connection 2")
+        assert again["request"]["headers"]["x-trace"] == "t-77"
+        # The record says what the exchange paid for: a new upstream connection.
+        assert again["timings"]["connect_ms"] >= 0, again["timings"]
+        assert proxy.metrics()["flowtap_upstream_retries_total"] == 1
+    finally:
+        srv.close()
+
+
+def test_kept_connection_closed_unanswered_post_is_not_sent_again(proxy):
+    srv = _AnswersOncePerConnection()
+    try:
+        base = f"http://127.0.0.1:{srv.port}"
+        curl("-x", proxy.url, f"{base}/first").check()
+        r = curl("-x", proxy.url, "-w", W502, "--data-binary", "pay=once", f"{base}/charge").check()
+        # A POST may not be repeated behind the client's back: the server may have acted on it.
+        body = assert_502(r)
+        assert "upstream_closed" in body, body
+        with srv.lock:
+            assert [(n, m, p, b) for n, m, p, b in srv.seen] == [
+                (1, "GET", "/first", b""), (1, "POST", "/charge", b"pay=once")]
+        rec = proxy.record(where=lambda rec: rec["request"]["url"].endswith("/charge"))
+        assert "response" not in rec
+        assert rec["error"]["kind"] == "upstream_closed", rec["error"]
+        assert rec["request"]["method"] == "POST" and rec["request"]["body_size"] == 8
+        assert proxy.metrics()["flowtap_upstream_retries_total"] == 0
+    finally:
+        srv.close()

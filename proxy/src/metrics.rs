@@ -11,6 +11,8 @@ pub struct Metrics {
     pub records_written: AtomicU64,
     pub records_dropped: AtomicU64,
     pub exchanges_failed: AtomicU64,
+    /// Requests sent again on a new upstream connection after a kept one closed unanswered.
+    pub upstream_retries: AtomicU64,
     outputs: OutputCounters,
 }
 
@@ -91,6 +93,12 @@ impl Metrics {
             "counter",
             "Exchanges that ended with an error.",
             g(&self.exchanges_failed),
+        );
+        put(
+            "flowtap_upstream_retries_total",
+            "counter",
+            "Requests sent again on a new upstream connection after a kept one closed without answering.",
+            g(&self.upstream_retries),
         );
         put(
             "flowtap_leaf_certificates_minted_total",

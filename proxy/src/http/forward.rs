@@ -2,22 +2,26 @@
 
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::{admin, plain, Response, Route, Scheme, Session};
+use crate::metrics::Metrics;
 use crate::record::capture::Capture;
 use crate::record::tap::{RequestTap, ResponseTap};
 use crate::record::{
     BodyFacts, Exchange, Record, RequestBodySlot, RequestHead, ResponseHead, ServerFacts,
     TunnelRecord,
 };
-use crate::upstream::{self, ConnectError, Connection, Sender, Target, ALPN_H1, ALPN_H2};
+use crate::upstream::{
+    self, closed_unanswered, ClientBody, ConnectError, Connection, ReqBody, Sender, Target,
+    ALPN_H1, ALPN_H2,
+};
 use flowtap_schema::ErrorKind;
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{HeaderValue, Method, StatusCode, Version};
 use http_body_util::Either;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Entry point of the per-connection service.
 pub async fn handle(
@@ -201,8 +205,13 @@ fn resolve(
 }
 
 impl Session {
-    /// A connection to `target`: this session's reserved one, a kept one, or a new one.
-    async fn checkout(&self, target: &Target, client_h2: bool) -> Result<Connection, ConnectError> {
+    /// A connection to `target`: this session's reserved one, a kept one (`true` with it), or
+    /// a new one.
+    async fn checkout(
+        &self,
+        target: &Target,
+        client_h2: bool,
+    ) -> Result<(Connection, bool), ConnectError> {
         if let Route::Fixed {
             failed: Some(e), ..
         } = &self.route
@@ -217,8 +226,13 @@ impl Session {
             .map(|b| b.1)
             .filter(|c| !c.sender.is_closed());
         if let Some(c) = reserved.or_else(|| self.shared.pool.take(target)) {
-            return Ok(c);
+            return Ok((c, true));
         }
+        Ok((self.connect(target, client_h2).await?, false))
+    }
+
+    /// A new connection to `target` (an HTTP/2 one is also kept, to be shared).
+    async fn connect(&self, target: &Target, client_h2: bool) -> Result<Connection, ConnectError> {
         let alpn: Vec<Vec<u8>> = if client_h2 {
             vec![ALPN_H2.to_vec(), ALPN_H1.to_vec()]
         } else {
@@ -295,76 +309,79 @@ async fn forward(
         end: None,
         error: None,
     });
-    let body = RequestTap::new(body, BodyFacts::new(capture()), slot.clone());
-
-    let mut conn = match session
-        .checkout(&target, client_version == Version::HTTP_2)
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => return fail(&session, x, e.kind, e.message),
-    };
-    x.server.ip = Some(conn.ip);
-    x.connect = conn.timings.take();
-    x.upstream_tls_version = conn.tls_version;
-    x.upstream_ready = Some(Instant::now());
-
-    // Rewrite the request for the upstream's protocol.
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    let h2 = matches!(conn.sender, Sender::H2(_));
+    // Without a body (known before anything is sent), the request can be sent again as it was.
+    let bodiless = body.is_end_stream();
+    let mut body = RequestTap::new(
+        ClientBody::Stream(body),
+        BodyFacts::new(capture()),
+        slot.clone(),
+    );
+    let client_h2 = client_version == Version::HTTP_2;
     let pq = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    if h2 {
-        parts.version = Version::HTTP_2;
-        parts.headers.remove(http::header::HOST);
-        let scheme = if target.tls { "https" } else { "http" };
-        parts.uri = Uri::builder()
-            .scheme(scheme)
-            .authority(authority.clone())
-            .path_and_query(pq)
-            .build()
-            .unwrap_or_default();
-    } else {
-        parts.version = Version::HTTP_11;
-        if matches!(
-            session.route,
-            Route::Fixed {
-                rewrite_host: true,
-                ..
-            }
-        ) {
-            parts.headers.remove(http::header::HOST);
-        }
-        if !parts.headers.contains_key(http::header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                parts.headers.insert(http::header::HOST, v);
-            }
-        }
-        parts.uri = Uri::from(pq);
-    }
-    let out = hyper::Request::from_parts(parts, body);
 
     let timeout = shared.config.upstream_timeout;
-    let sent = match &mut conn.sender {
-        Sender::H1(s) => {
-            let send = async {
-                s.ready().await?;
-                s.send_request(out).await
-            };
-            tokio::time::timeout(timeout, send).await
+    let mut checkout = session.checkout(&target, client_h2).await;
+    let (conn, sent) = loop {
+        let (mut conn, kept) = match checkout {
+            Ok(c) => c,
+            Err(e) => return fail(&session, x, e.kind, e.message),
+        };
+        x.server.ip = Some(conn.ip);
+        x.connect = conn.timings.take();
+        x.upstream_tls_version = conn.tls_version;
+        x.upstream_ready = Some(Instant::now());
+        let h2 = conn.sender.is_h2();
+        upstream_head(
+            &session,
+            &mut parts,
+            h2,
+            &target,
+            &authority,
+            pq.clone(),
+            upgrade,
+        );
+        let mut sent = send(&mut conn, hyper::Request::from_parts(parts, body), timeout).await;
+
+        // A kept connection the server had closed (an idle keep-alive connection it timed out
+        // just as this request went out, say) fails a request it never answered. Like browsers
+        // and HTTP client libraries, send it once more on a new connection: when it never left,
+        // or when it has no body and a method that may be repeated (RFC 9110, 9.2.2).
+        if let Sent::Failed(e, unsent) = &mut sent {
+            if kept && !upgrade && closed_unanswered(e) {
+                let again = match unsent.take() {
+                    Some(req) => Some(req.into_parts().1),
+                    None if bodiless && x.request.method.is_idempotent() => Some(RequestTap::new(
+                        ClientBody::Empty,
+                        BodyFacts::new(capture()),
+                        slot.clone(),
+                    )),
+                    None => None,
+                };
+                if let Some((b, p)) = again.and_then(|b| Some((b, client_head(&x.request)?))) {
+                    tracing::debug!(host = %target.host, error = %e, "kept upstream connection closed unanswered: sending the request again on a new one");
+                    Metrics::inc(&shared.metrics.upstream_retries);
+                    (body, parts) = (b, p);
+                    checkout = session
+                        .connect(&target, client_h2)
+                        .await
+                        .map(|c| (c, false));
+                    continue;
+                }
+            }
         }
-        Sender::H2(s) => tokio::time::timeout(timeout, s.send_request(out)).await,
+        break (conn, sent);
     };
     let mut resp = match sent {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
+        Sent::Response(r) => r,
+        Sent::Failed(e, _) => {
             let (kind, msg) = classify_send_error(&slot, &e);
             return fail(&session, x, kind, msg);
         }
-        Err(_) => {
+        Sent::TimedOut => {
             return fail(
                 &session,
                 x,
@@ -399,6 +416,93 @@ async fn forward(
     x.response_body = Some(BodyFacts::new(capture()));
     let tap = ResponseTap::new(rbody, x, shared.emitter.clone());
     hyper::Response::from_parts(rparts, Either::Left(tap))
+}
+
+/// The request head as it goes to a connection speaking HTTP/2 (`h2`) or HTTP/1.1: hop-by-hop
+/// fields stripped, and the target in the form that protocol wants.
+fn upstream_head(
+    session: &Session,
+    parts: &mut http::request::Parts,
+    h2: bool,
+    target: &Target,
+    authority: &Authority,
+    pq: PathAndQuery,
+    upgrade: bool,
+) {
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if h2 {
+        parts.version = Version::HTTP_2;
+        parts.headers.remove(http::header::HOST);
+        let scheme = if target.tls { "https" } else { "http" };
+        parts.uri = Uri::builder()
+            .scheme(scheme)
+            .authority(authority.clone())
+            .path_and_query(pq)
+            .build()
+            .unwrap_or_default();
+    } else {
+        parts.version = Version::HTTP_11;
+        if matches!(
+            session.route,
+            Route::Fixed {
+                rewrite_host: true,
+                ..
+            }
+        ) {
+            parts.headers.remove(http::header::HOST);
+        }
+        if !parts.headers.contains_key(http::header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(http::header::HOST, v);
+            }
+        }
+        parts.uri = Uri::from(pq);
+    }
+}
+
+/// The client's request head again, from the exchange's copy of it (the request itself went
+/// to the connection that failed).
+fn client_head(h: &RequestHead) -> Option<http::request::Parts> {
+    let mut req = hyper::Request::new(());
+    *req.method_mut() = h.method.clone();
+    *req.version_mut() = h.version;
+    let headers = req.headers_mut();
+    for (name, value) in h.headers.iter() {
+        headers.append(name.clone(), HeaderValue::from_bytes(value).ok()?);
+    }
+    Some(req.into_parts().0)
+}
+
+/// How sending a request upstream ended.
+enum Sent {
+    Response(hyper::Response<Incoming>),
+    /// With the request when it never left (hyper hands it back).
+    Failed(hyper::Error, Option<Box<hyper::Request<ReqBody>>>),
+    TimedOut,
+}
+
+/// Sends `req` on `conn`, waiting at most `timeout` for the response head.
+async fn send(conn: &mut Connection, req: hyper::Request<ReqBody>, timeout: Duration) -> Sent {
+    let send = async {
+        let r = match &mut conn.sender {
+            Sender::H1(s) => {
+                if let Err(e) = s.ready().await {
+                    return Err((e, Some(Box::new(req))));
+                }
+                s.try_send_request(req).await
+            }
+            Sender::H2(s) => s.try_send_request(req).await,
+        };
+        r.map_err(|mut e| {
+            let unsent = e.take_message().map(Box::new);
+            (e.into_error(), unsent)
+        })
+    };
+    match tokio::time::timeout(timeout, send).await {
+        Ok(Ok(r)) => Sent::Response(r),
+        Ok(Err((e, unsent))) => Sent::Failed(e, unsent),
+        Err(_) => Sent::TimedOut,
+    }
 }
 
 fn classify_send_error(slot: &RequestBodySlot, e: &hyper::Error) -> (ErrorKind, String) {

@@ -23,7 +23,67 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 /// The request body type sent upstream: the client's body behind its tap.
-pub type ReqBody = RequestTap<Incoming>;
+pub type ReqBody = RequestTap<ClientBody>;
+
+/// A client's request body as it goes upstream: the client's own stream, or nothing (a request
+/// without a body, sent again on a new connection after the first one closed unanswered).
+pub enum ClientBody {
+    Stream(Incoming),
+    Empty,
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Stream(b) => std::pin::Pin::new(b).poll_frame(cx),
+            ClientBody::Empty => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Stream(b) => b.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ClientBody::Stream(b) => b.size_hint(),
+            ClientBody::Empty => hyper::body::SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Whether a request that failed on a kept connection before any response met a connection
+/// the server had already closed (or was closing: an idle keep-alive connection it timed out,
+/// an HTTP/2 connection it sent GOAWAY on), rather than a server that answered badly.
+pub fn closed_unanswered(e: &hyper::Error) -> bool {
+    if e.is_canceled() || e.is_incomplete_message() {
+        return true;
+    }
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            );
+        }
+        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+            return h2e.is_go_away() || h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        src = s.source();
+    }
+    false
+}
 
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_H1: &[u8] = b"http/1.1";
