@@ -1,6 +1,8 @@
 """Every failure is a record: upstream refused, DNS failure, timeout, bad certificate, and either
 side closing in the middle of a body. The proxy's own 502 is described by `error`, never recorded
-as a `response`."""
+as a `response`. A kept upstream connection that the server closed without answering is not a
+failure when the request may be sent again (a GET is, once, on a new connection); when it may
+not (a POST with a body), it is."""
 
 from __future__ import annotations
 
