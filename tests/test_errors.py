@@ -6,8 +6,12 @@ not (a POST with a body), it is."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import ssl
 import threading
+
+import httpx
 
 from support.clients import curl, write_out
 from support.net import dead_port
@@ -235,5 +239,100 @@ def test_kept_connection_closed_unanswered_post_is_not_sent_again(proxy):
         assert rec["error"]["kind"] == "upstream_closed", rec["error"]
         assert rec["request"]["method"] == "POST" and rec["request"]["body_size"] == 8
         assert proxy.metrics()["flowtap_upstream_retries_total"] == 0
+    finally:
+        srv.close()
+
+
+class _H2AnswersOncePerConnection:
+    """HTTP/2 over TLS (ALPN h2, the test server certificate): answers the first request on each
+    connection, then meets the next with GOAWAY (NO_ERROR, last stream the answered one: the
+    new stream refused, unprocessed) and closes, as a server does that reached its limit of
+    requests per connection or is shutting down. Keeps (connection, stream, method, path)."""
+
+    def __init__(self, pki):
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ctx.load_cert_chain(pki.server_cert, pki.server_key)
+        self.ctx.set_alpn_protocols(["h2"])
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.seen: list[tuple[int, int, str, str]] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        n = 0
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            n += 1
+            threading.Thread(target=self._serve, args=(raw, n), daemon=True).start()
+
+    def _serve(self, raw, n):
+        import h2.config
+        import h2.connection
+        import h2.events
+        try:
+            tls = self.ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        with tls:
+            tls.sendall(conn.data_to_send())
+            answered = 0
+            while data := tls.recv(65536):
+                for ev in conn.receive_data(data):
+                    if not isinstance(ev, h2.events.RequestReceived):
+                        continue
+                    h = dict(ev.headers)
+                    with self.lock:
+                        self.seen.append((n, ev.stream_id, h[":method"], h[":path"]))
+                    if answered:
+                        conn.close_connection(error_code=0, last_stream_id=answered)
+                        tls.sendall(conn.data_to_send())
+                        return
+                    body = f"{h[':method']} {h[':path']} on connection {n}".encode()
+                    conn.send_headers(ev.stream_id, [
+                        (":status", "200"), ("content-type", "text/plain"),
+                        ("content-length", str(len(body)))])
+                    conn.send_data(ev.stream_id, body, end_stream=True)
+                    answered = ev.stream_id
+                tls.sendall(conn.data_to_send())
+
+    def close(self):
+        self.sock.close()
+
+
+def test_kept_http2_connection_going_away_get_is_sent_again(proxy, pki):
+    srv = _H2AnswersOncePerConnection(pki)
+    ctx = ssl.create_default_context(cafile=str(proxy.ca_path))
+    base = f"https://localhost:{srv.port}"
+
+    async def main():
+        async with httpx.AsyncClient(http2=True, proxy=proxy.url, verify=ctx, trust_env=False,
+                                     timeout=20) as c:
+            return [await c.get(f"{base}/one"), await c.get(f"{base}/two")]
+
+    try:
+        first, second = asyncio.run(main())
+        assert (first.status_code, first.text) == (200, "GET /one on connection 1")
+        # /two went out on the kept HTTP/2 connection as stream 3, which the server refused
+        # with GOAWAY; the proxy sent it again, on a new connection, and the client never knew.
+        assert (second.status_code, second.text) == (200, "GET /two on connection 2")
+        assert second.http_version == "HTTP/2"
+        with srv.lock:
+            assert srv.seen == [(1, 1, "GET", "/one"), (1, 3, "GET", "/two"), (2, 1, "GET", "/two")]
+        recs = proxy.records(2)
+        by_path = {rec["request"]["url"].removeprefix(base): rec for rec in recs}
+        assert sorted(by_path) == ["/one", "/two"], recs
+        again = by_path["/two"]
+        assert "error" not in again, again
+        assert again["response"]["status"] == 200
+        assert again["response"]["http_version"] == "HTTP/2.0"
+        assert again["timings"]["connect_ms"] >= 0, again["timings"]
+        assert proxy.metrics()["flowtap_upstream_retries_total"] == 1
     finally:
         srv.close()

@@ -240,3 +240,34 @@ def test_https_h2_mixed_streams_arrive_whole_and_apart(proxy, nginx):
         assert rec["response"]["body_size"] == len(r.content)
         if body is not None:
             assert rec["request"]["body_size"] == len(body)
+
+
+def test_https_h2_upstream_goaway_fails_no_request(proxy, nginx):
+    """nginx ends an HTTP/2 connection with GOAWAY after `keepalive_requests` streams (1,000
+    by default, 10 on this port), refusing the streams that were opened after the last one it
+    takes. Requests that meet the shared upstream connection as it goes away are sent again on
+    a new connection (test_errors has the deterministic case): with 8 in flight at a time, 600
+    GETs over at least 60 upstream connections all succeed, each with its record."""
+    ctx = ssl.create_default_context(cafile=str(proxy.ca_path))
+    urls = [nginx.url(f"/small?n={i}", host="localhost", short=True) for i in range(600)]
+
+    async def main():
+        async with httpx.AsyncClient(http2=True, proxy=proxy.url, verify=ctx, trust_env=False,
+                                     timeout=30) as c:
+            first = await c.get(urls[0])  # until ALPN has said h2, httpx opens a connection per request
+            gate = asyncio.Semaphore(8)
+
+            async def one(u):
+                async with gate:
+                    return await c.get(u)
+            return [first] + list(await asyncio.gather(*(one(u) for u in urls[1:])))
+
+    responses = asyncio.run(main())
+    statuses = [r.status_code for r in responses]
+    assert statuses == [200] * len(urls), {s: statuses.count(s) for s in set(statuses)}
+    assert all(r.content == SMALL_BODY and r.http_version == "HTTP/2" for r in responses)
+    recs = proxy.records(len(urls))
+    assert sorted(r["request"]["url"] for r in recs) == sorted(urls)
+    assert [r for r in recs if "error" in r or r["response"]["status"] != 200] == []
+    assert {(r["request"]["http_version"], r["response"]["http_version"]) for r in recs} == {
+        ("HTTP/2.0", "HTTP/2.0")}

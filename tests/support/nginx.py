@@ -1,6 +1,7 @@
 """nginx on loopback from its own temporary configuration (never the system one): a plain HTTP
 port, a TLS port with HTTP/2 and HTTP/1.1 by ALPN (test server CA), and a TLS port whose
-certificate comes from an untrusted CA. Static files are made here; /upload and /echo are passed
+certificate comes from an untrusted CA, and a TLS port that ends each connection after 10
+requests (an HTTP/2 GOAWAY while other streams are in flight). Static files are made here; /upload and /echo are passed
 to the Python upstream so uploads also work over TLS and HTTP/2."""
 
 from __future__ import annotations
@@ -89,6 +90,16 @@ http {
         root %(dir)s/www;
 %(routes)s
     }
+    # Ends every connection after 10 requests: on HTTP/2, a GOAWAY while others are in flight.
+    server {
+%(listen_short)s
+        server_name localhost;
+        keepalive_requests 10;
+        ssl_certificate %(cert)s;
+        ssl_certificate_key %(key)s;
+        root %(dir)s/www;
+%(routes)s
+    }
 }
 """
 
@@ -99,10 +110,14 @@ class Nginx:
     http_port: int
     tls_port: int
     bad_tls_port: int
+    short_tls_port: int
     proc: subprocess.Popen | None = None
     files: dict = field(default_factory=dict)   # path -> (size, sha256 hex) of served bytes
 
-    def url(self, path: str, host: str = "127.0.0.1", tls: bool = False, bad: bool = False) -> str:
+    def url(self, path: str, host: str = "127.0.0.1", tls: bool = False, bad: bool = False,
+            short: bool = False) -> str:
+        if short:
+            return f"https://{host}:{self.short_tls_port}{path}"
         if bad:
             return f"https://{host}:{self.bad_tls_port}{path}"
         if tls:
@@ -166,8 +181,9 @@ def start_nginx(directory: Path, pki: Pki, py_port: int) -> Nginx:
     v6 = ipv6_loopback()
     last_err = ""
     for _attempt in range(3):
-        http_port, tls_port, bad_port = free_port(), free_port(), free_port()
-        if len({http_port, tls_port, bad_port}) < 3:
+        http_port, tls_port, bad_port, short_port = (free_port(), free_port(), free_port(),
+                                                     free_port())
+        if len({http_port, tls_port, bad_port, short_port}) < 4:
             continue
         routes = ROUTES % {"cookie_a": SET_COOKIES[0], "cookie_b": SET_COOKIES[1]}
         conf = CONFIG % {
@@ -176,6 +192,7 @@ def start_nginx(directory: Path, pki: Pki, py_port: int) -> Nginx:
             "py_port": py_port,
             "listen_main": _listen(http_port, False, v6) + "\n" + _listen(tls_port, True, v6),
             "listen_bad": _listen(bad_port, True, v6),
+            "listen_short": _listen(short_port, True, v6),
             "cert": pki.server_cert, "key": pki.server_key,
             "bad_cert": pki.bad_cert, "bad_key": pki.bad_key,
             "routes": routes,
@@ -188,9 +205,9 @@ def start_nginx(directory: Path, pki: Pki, py_port: int) -> Nginx:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
         )
         stderr.close()
-        ng = Nginx(directory, http_port, tls_port, bad_port, proc, files)
+        ng = Nginx(directory, http_port, tls_port, bad_port, short_port, proc, files)
         try:
-            for port in (http_port, tls_port, bad_port):
+            for port in (http_port, tls_port, bad_port, short_port):
                 deadline = time.monotonic() + 10
                 while True:
                     if proc.poll() is not None:
