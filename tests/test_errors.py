@@ -7,6 +7,7 @@ not (a POST with a body), it is."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import ssl
 import threading
@@ -148,13 +149,15 @@ def test_client_closes_mid_body(proxy, nginx):
     assert body_read <= rec["response"]["body_size"] < 100 * 1024 * 1024, (body_read, rec["response"])
 
 
-class _AnswersOncePerConnection:
-    """An upstream that answers the first request on each connection with nothing saying the
-    connection ends (HTTP/1.1 keep-alive), then closes it, unanswered, when the next request
-    arrives: what a server that times idle connections out does to a request that crosses its
-    close. Keeps (connection number, method, path, body) of every request it read."""
+class _RawUpstream:
+    """A raw HTTP/1.1 upstream on loopback, for answers no real server gives on purpose:
+    `answer(i, conn, method, path)` returns the bytes to send for the i-th request (from 0) on
+    connection number `conn` (from 1), or None to close the connection without a word. After
+    an answer the connection waits for its next request. Keeps (connection, method, path, body)
+    of every request it read."""
 
-    def __init__(self):
+    def __init__(self, answer):
+        self.answer = answer
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.seen: list[tuple[int, str, str, bytes]] = []
@@ -173,7 +176,7 @@ class _AnswersOncePerConnection:
 
     def _serve(self, c, n):
         with c, c.makefile("rb") as f:
-            for answered in (False, True):
+            for i in itertools.count():
                 line = f.readline()
                 if not line:
                     return
@@ -185,18 +188,47 @@ class _AnswersOncePerConnection:
                         length = int(value)
                 with self.lock:
                     self.seen.append((n, method, path, f.read(length)))
-                if answered:
-                    return            # the second request: closed without a word
-                body = f"{method} {path} on connection {n}".encode()
-                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                reply = self.answer(i, n, method, path)
+                if reply is None:
+                    return
+                c.sendall(reply)
 
     def close(self):
         self.sock.close()
 
 
+def _answers_once_per_connection() -> _RawUpstream:
+    """Answers the first request on each connection with nothing saying the connection ends
+    (HTTP/1.1 keep-alive), then closes it, unanswered, when the next request arrives: what a
+    server that times idle connections out does to a request that crosses its close."""
+    def answer(i, n, method, path):
+        if i:
+            return None
+        body = f"{method} {path} on connection {n}".encode()
+        return (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return _RawUpstream(answer)
+
+
+def test_upstream_body_with_broken_framing(proxy):
+    """A chunked body whose second chunk-size line is not a number: the client gets the first
+    chunk and a cut, the record a `protocol` error that says what was wrong."""
+    srv = _RawUpstream(lambda i, n, m, p: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                          b"5\r\nhello\r\nZZ\r\n")
+    try:
+        url = f"http://127.0.0.1:{srv.port}/chunks"
+        r = curl("-x", proxy.url, "--max-time", "10", url)
+        assert r.rc != 0 and r.text == "hello", (r.rc, r.text, r.err)
+        rec = proxy.record()
+        assert rec["response"]["status"] == 200 and rec["response"]["body_size"] == 5
+        assert rec["error"]["kind"] == "protocol", rec["error"]
+        assert "chunk size line" in rec["error"]["message"], rec["error"]
+    finally:
+        srv.close()
+
+
 def test_kept_connection_closed_unanswered_get_is_sent_again(proxy):
-    srv = _AnswersOncePerConnection()
+    srv = _answers_once_per_connection()
     try:
         base = f"http://127.0.0.1:{srv.port}"
         r = curl("-x", proxy.url, f"{base}/one", f"{base}/two?x=1",
@@ -223,7 +255,7 @@ def test_kept_connection_closed_unanswered_get_is_sent_again(proxy):
 
 
 def test_kept_connection_closed_unanswered_post_is_not_sent_again(proxy):
-    srv = _AnswersOncePerConnection()
+    srv = _answers_once_per_connection()
     try:
         base = f"http://127.0.0.1:{srv.port}"
         curl("-x", proxy.url, f"{base}/first").check()

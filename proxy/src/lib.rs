@@ -36,3 +36,16 @@ pub mod redact;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
+
+/// An error with its causes (`outer: inner: …`): transport errors keep the useful part (what
+/// was malformed, which system call failed) in their sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}

@@ -521,14 +521,7 @@ fn classify_send_error(slot: &RequestBodySlot, e: &hyper::Error) -> (ErrorKind, 
     } else {
         ErrorKind::UpstreamClosed
     };
-    let mut msg = format!("upstream: {e}");
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    (kind, msg)
+    (kind, format!("upstream: {}", crate::error_chain(e)))
 }
 
 /// Records a failed exchange and answers the client with a 502 that says why.

@@ -48,7 +48,7 @@ impl<B> RequestTap<B> {
 impl<B> Body for RequestTap<B>
 where
     B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: std::error::Error + 'static,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -71,7 +71,7 @@ where
                 }
             }
             Some(Err(e)) => {
-                let msg = format!("client request body: {e}");
+                let msg = format!("client request body: {}", crate::error_chain(e));
                 this.hand_over(Some(msg));
             }
             None => this.hand_over(None),
@@ -132,7 +132,7 @@ impl<B> ResponseTap<B> {
 impl<B> Body for ResponseTap<B>
 where
     B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: std::error::Error + 'static,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -158,8 +158,8 @@ where
                 }
             }
             Some(Err(e)) => {
-                let msg = format!("upstream response body: {e}");
-                this.finish(Some((ErrorKind::UpstreamClosed, msg)));
+                let msg = format!("upstream response body: {}", crate::error_chain(e));
+                this.finish(Some((body_error_kind(e), msg)));
             }
             None => this.finish(None),
         }
@@ -177,6 +177,25 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// What a failed upstream body says: bytes that break the framing (a bad chunk-size line, say)
+/// are a protocol error; anything else (the connection cut short or reset) is the upstream
+/// closing.
+fn body_error_kind(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            ) {
+                return ErrorKind::Protocol;
+            }
+        }
+        cur = c.source();
+    }
+    ErrorKind::UpstreamClosed
 }
 
 impl<B> ResponseTap<B> {

@@ -153,7 +153,7 @@ async fn session(
         .endpoint
         .connect()
         .await
-        .map_err(|e| error_chain(&e))?;
+        .map_err(|e| crate::error_chain(&e))?;
     let auth = target.authorization.clone();
     let mut client =
         CollectorClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
@@ -314,16 +314,4 @@ fn jitter(d: Duration) -> Duration {
 
 fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
-}
-
-/// An error with its causes, which is where transport errors keep the useful part.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
 }
