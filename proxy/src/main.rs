@@ -183,6 +183,7 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
                 stop_rx.clone(),
             )));
         }
+        reopen_on_sigusr1();
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections");
         let _ = stop_tx.send(true);
@@ -200,6 +201,27 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     output::report_drops(&metrics_at_exit);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGUSR1 (as for nginx's logs): the file outputs open their paths again before their next
+/// write, so a rotation that moved a file away is followed by a new file.
+fn reopen_on_sigusr1() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::user_defined1()) {
+        Ok(mut usr1) => {
+            tokio::spawn(async move {
+                while usr1.recv().await.is_some() {
+                    tracing::info!(
+                        "SIGUSR1: output files are opened again before their next write"
+                    );
+                    output::reopen_files();
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGUSR1; output files will not be reopened")
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -18,7 +18,7 @@ use flowtap_schema::{json, Flow};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -164,22 +164,42 @@ pub trait Output: Send {
     fn close(&mut self) {}
 }
 
+/// Bumped by [`reopen_files`]; a file output whose generation differs opens its path again.
+static REOPEN: AtomicU64 = AtomicU64::new(0);
+
+/// Makes every file output open its path again before its next write (`flowtap proxy` calls
+/// this on SIGUSR1): after logrotate moved a file away, records go to a new file by that name.
+pub fn reopen_files() {
+    REOPEN.fetch_add(1, Relaxed);
+}
+
+/// A file output's mark of the last [`reopen_files`] it followed.
+#[derive(Clone, Copy)]
+pub struct Generation(u64);
+
+impl Generation {
+    pub fn now() -> Self {
+        Generation(REOPEN.load(Relaxed))
+    }
+
+    /// Whether a reopen was asked for since `self`; if so, `self` becomes now.
+    pub fn reopen_due(&mut self) -> bool {
+        let now = Self::now();
+        std::mem::replace(self, now).0 != now.0
+    }
+}
+
 /// Where byte-stream outputs write: stdout, or a file opened for appending.
 pub enum Dest {
     Stdout,
-    File(File, PathBuf),
+    File(File, PathBuf, Generation),
 }
 
 impl Dest {
     pub fn open(target: &Target) -> Result<Self, String> {
         match target {
             Target::Stdout => Ok(Dest::Stdout),
-            Target::File(p) => OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map(|f| Dest::File(f, p.clone()))
-                .map_err(|e| format!("cannot open {} for appending: {e}", p.display())),
+            Target::File(p) => Ok(Dest::File(append(p)?, p.clone(), Generation::now())),
         }
     }
 
@@ -192,8 +212,18 @@ impl Dest {
         if buf.is_empty() {
             return;
         }
+        if let Dest::File(f, p, generation) = self {
+            if generation.reopen_due() {
+                match append(p) {
+                    Ok(new) => *f = new,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reopening an output file failed; writing to the one open")
+                    }
+                }
+            }
+        }
         let r = match self {
-            Dest::File(f, _) => f.write_all(buf),
+            Dest::File(f, _, _) => f.write_all(buf),
             Dest::Stdout => {
                 let mut out = std::io::stdout().lock();
                 out.write_all(buf).and_then(|_| out.flush())
@@ -202,12 +232,21 @@ impl Dest {
         if let Err(e) = r {
             let label = match self {
                 Dest::Stdout => "stdout".to_string(),
-                Dest::File(_, p) => p.display().to_string(),
+                Dest::File(_, p, _) => p.display().to_string(),
             };
             tracing::error!(output = %label, error = %e, "writing records failed");
         }
         buf.clear();
     }
+}
+
+/// `path` opened for appending (created if missing).
+fn append(path: &std::path::Path) -> Result<File, String> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot open {} for appending: {e}", path.display()))
 }
 
 /// JSON lines (the record contract's v1 encoding).

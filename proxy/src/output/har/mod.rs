@@ -19,7 +19,7 @@ mod entry;
 
 pub use entry::{entry, Entry};
 
-use super::{Output, OutputSpec, Target, WriterSettings};
+use super::{Generation, Output, OutputSpec, Target, WriterSettings};
 use flowtap_schema::Flow;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -71,6 +71,7 @@ fn append_entry(flow: &Flow, first: bool, buf: &mut Vec<u8>) -> bool {
 struct HarFile {
     file: File,
     path: PathBuf,
+    generation: Generation,
     /// Where the closing starts: the next batch is written from here.
     closing_at: u64,
     has_entries: bool,
@@ -113,6 +114,7 @@ impl HarFile {
         Ok(HarFile {
             file,
             path: path.to_path_buf(),
+            generation: Generation::now(),
             closing_at,
             has_entries,
             buf: Vec::with_capacity(64 << 10),
@@ -139,6 +141,19 @@ fn continued(file: &mut File, len: u64) -> Option<(u64, bool)> {
 
 impl Output for HarFile {
     fn write(&mut self, batch: &[Flow]) {
+        if self.generation.reopen_due() {
+            // A file moved away is closed as it is (a whole document); the path gets a new one,
+            // or, if the file is still there, its entries go on.
+            match HarFile::open(&self.path) {
+                Ok(new) => {
+                    self.close();
+                    *self = new;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reopening the HAR file failed; writing to the one open")
+                }
+            }
+        }
         self.buf.clear();
         let mut first = !self.has_entries;
         for flow in batch {
