@@ -149,18 +149,14 @@ def test_client_closes_mid_body(proxy, nginx):
     assert body_read <= rec["response"]["body_size"] < 100 * 1024 * 1024, (body_read, rec["response"])
 
 
-class _RawUpstream:
-    """A raw HTTP/1.1 upstream on loopback, for answers no real server gives on purpose:
-    `answer(i, conn, method, path)` returns the bytes to send for the i-th request (from 0) on
-    connection number `conn` (from 1), or None to close the connection without a word. After
-    an answer the connection waits for its next request. Keeps (connection, method, path, body)
-    of every request it read."""
+class _LoopbackServer:
+    """A TCP server on 127.0.0.1 that serves each connection on a thread of its own
+    (`_serve(sock, n)`, n counting connections from 1), and keeps what it saw in `seen`."""
 
-    def __init__(self, answer):
-        self.answer = answer
+    def __init__(self):
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.seen: list[tuple[int, str, str, bytes]] = []
+        self.seen: list[tuple] = []
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -173,6 +169,23 @@ class _RawUpstream:
                 return
             n += 1
             threading.Thread(target=self._serve, args=(c, n), daemon=True).start()
+
+    def _serve(self, c, n):
+        raise NotImplementedError
+
+    def close(self):
+        self.sock.close()
+
+
+class _RawUpstream(_LoopbackServer):
+    """A raw HTTP/1.1 upstream, for answers no real server gives on purpose: `answer(i, conn,
+    method, path)` returns the bytes to send for the i-th request (from 0) on connection number
+    `conn`, or None to close the connection without a word. After an answer the connection
+    waits for its next request. Keeps (connection, method, path, body) of every request."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        super().__init__()
 
     def _serve(self, c, n):
         with c, c.makefile("rb") as f:
@@ -192,9 +205,6 @@ class _RawUpstream:
                 if reply is None:
                     return
                 c.sendall(reply)
-
-    def close(self):
-        self.sock.close()
 
 
 def _answers_once_per_connection() -> _RawUpstream:
@@ -275,7 +285,7 @@ def test_kept_connection_closed_unanswered_post_is_not_sent_again(proxy):
         srv.close()
 
 
-class _H2AnswersOncePerConnection:
+class _H2AnswersOncePerConnection(_LoopbackServer):
     """HTTP/2 over TLS (ALPN h2, the test server certificate): answers the first request on each
     connection, then meets the next with GOAWAY (NO_ERROR, last stream the answered one: the
     new stream refused, unprocessed) and closes, as a server does that reached its limit of
@@ -285,21 +295,7 @@ class _H2AnswersOncePerConnection:
         self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ctx.load_cert_chain(pki.server_cert, pki.server_key)
         self.ctx.set_alpn_protocols(["h2"])
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.seen: list[tuple[int, int, str, str]] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        n = 0
-        while True:
-            try:
-                raw, _ = self.sock.accept()
-            except OSError:
-                return
-            n += 1
-            threading.Thread(target=self._serve, args=(raw, n), daemon=True).start()
+        super().__init__()
 
     def _serve(self, raw, n):
         import h2.config
@@ -333,9 +329,6 @@ class _H2AnswersOncePerConnection:
                     conn.send_data(ev.stream_id, body, end_stream=True)
                     answered = ev.stream_id
                 tls.sendall(conn.data_to_send())
-
-    def close(self):
-        self.sock.close()
 
 
 def test_kept_http2_connection_going_away_get_is_sent_again(proxy, pki):

@@ -85,7 +85,11 @@ impl Client {
         }
         let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
         let fut = async {
-            let resp = self.inner.request(req).await.map_err(|e| error_chain(&e))?;
+            let resp = self
+                .inner
+                .request(req)
+                .await
+                .map_err(|e| flowtap::error_chain(&e))?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_RESPONSE_BYTES)
                 .collect()
@@ -157,17 +161,6 @@ pub fn join(base: &Uri, path: &str) -> Result<Uri, String> {
     let mut parts = base.clone().into_parts();
     parts.path_and_query = Some(pq.parse().map_err(|e| format!("{base}: {e}"))?);
     Uri::from_parts(parts).map_err(|e| format!("{base}: {e}"))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
 }
 
 /// The start of a response body, for a log line.
