@@ -37,15 +37,18 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 
+/// An error and its causes, outermost first.
+pub fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |c| c.source())
+}
+
 /// An error with its causes (`outer: inner: …`): transport errors keep the useful part (what
 /// was malformed, which system call failed) in their sources.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    causes(e)
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }

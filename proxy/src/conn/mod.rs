@@ -365,12 +365,7 @@ where
 /// Whether a connection error is the HTTP/2 GOAWAY hyper sends a client that breaks the reset
 /// limits (ENHANCE_YOUR_CALM).
 fn is_calm_down(e: &hyper::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = src {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
-        }
-        src = err.source();
-    }
-    false
+    crate::causes(e)
+        .find_map(|c| c.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM))
 }

@@ -183,19 +183,19 @@ where
 /// are a protocol error; anything else (the connection cut short or reset) is the upstream
 /// closing.
 fn body_error_kind(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
-    let mut cur = Some(e);
-    while let Some(c) = cur {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if matches!(
+    let malformed = crate::causes(e).any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
                 io.kind(),
                 std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
-            ) {
-                return ErrorKind::Protocol;
-            }
-        }
-        cur = c.source();
+            )
+        })
+    });
+    if malformed {
+        ErrorKind::Protocol
+    } else {
+        ErrorKind::UpstreamClosed
     }
-    ErrorKind::UpstreamClosed
 }
 
 impl<B> ResponseTap<B> {

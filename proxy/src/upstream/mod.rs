@@ -68,21 +68,20 @@ pub fn closed_unanswered(e: &hyper::Error) -> bool {
     if e.is_canceled() || e.is_incomplete_message() {
         return true;
     }
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            return matches!(
-                io.kind(),
-                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
-            );
-        }
-        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
-            return h2e.is_go_away() || h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        src = s.source();
-    }
-    false
+    // The innermost transport error decides: the first I/O or h2 error among the causes.
+    crate::causes(e)
+        .find_map(|c| {
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind::*;
+                return Some(matches!(
+                    io.kind(),
+                    ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+                ));
+            }
+            let h2e = c.downcast_ref::<h2::Error>()?;
+            Some(h2e.is_go_away() || h2e.reason() == Some(h2::Reason::REFUSED_STREAM))
+        })
+        .unwrap_or(false)
 }
 
 pub const ALPN_H2: &[u8] = b"h2";
