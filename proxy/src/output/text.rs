@@ -6,14 +6,15 @@
 //! 10.0.0.7:51240: CONNECT pinned.example:443 (tunnel, tls not intercepted) ↑1.9k ↓4.6k
 //! ```
 //!
-//! Verbose adds the headers, four spaces in, under the line they belong to; bodies are never
-//! printed. Everything a peer controls is escaped on the way out: control characters become
+//! A gRPC call's status follows its response line (`grpc NOT_FOUND: no such thing`), since
+//! its HTTP status is 200 whatever happened. Verbose adds the headers, four spaces in, under
+//! the line they belong to, and the trailers under ` << trailers`; bodies are never printed. Everything a peer controls is escaped on the way out: control characters become
 //! `\xHH` and bidirectional overrides `\u{HHHH}`, so nothing in a record can move the cursor,
 //! recolour the terminal or reorder what a person reads.
 
 use std::fmt::Write as _;
 
-use flowtap_schema::{Endpoint, Error, Flow, Header};
+use flowtap_schema::{Endpoint, Error, Flow, Header, Response};
 
 /// Appends the text form of one record to `out`. verbose = headers too (mitmdump -v).
 pub fn format(flow: &Flow, verbose: bool, out: &mut String) {
@@ -66,9 +67,14 @@ fn http(flow: &Flow, verbose: bool, out: &mut String) {
             out.push(' ');
             out.push_str(&pretty_ms(ms));
         }
+        grpc_status(response, out);
         out.push('\n');
         if verbose {
             headers(&response.headers, out);
+            if !response.trailers.is_empty() {
+                out.push_str(" << trailers\n");
+                headers(&response.trailers, out);
+            }
         }
     }
     if let Some(error) = &flow.error {
@@ -112,6 +118,77 @@ fn other(flow: &Flow, out: &mut String) {
     if let Some(error) = &flow.error {
         error_line(error, out);
     }
+}
+
+/// ` grpc CODE[: message]` when the response carries a gRPC status: in its trailers, or in its
+/// headers for a call that failed at once (a trailers-only response).
+fn grpc_status(response: &Response, out: &mut String) {
+    fn find<'a>(list: &'a [Header], name: &str) -> Option<&'a str> {
+        list.iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.as_str())
+    }
+    let field =
+        |name: &str| find(&response.trailers, name).or_else(|| find(&response.headers, name));
+    let Some(code) = field("grpc-status") else {
+        return;
+    };
+    out.push_str(" grpc ");
+    match code.parse::<usize>().ok().and_then(|c| GRPC_CODES.get(c)) {
+        Some(name) => out.push_str(name),
+        None => push_clean(out, code),
+    }
+    if let Some(message) = field("grpc-message").filter(|m| !m.is_empty()) {
+        out.push_str(": ");
+        push_clean(out, &percent_decoded(message));
+    }
+}
+
+/// gRPC status codes by number (grpc/doc/statuscodes.md).
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// `grpc-message` is percent-encoded UTF-8 (gRPC over HTTP/2, "Responses"); a bad escape is kept
+/// as it came.
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn error_line(error: &Error, out: &mut String) {
@@ -362,6 +439,54 @@ mod tests {
             text(&flow, false),
             "-: <no request>\n << error upstream_connect: connect to 203.0.113.7:443: connection refused\n"
         );
+    }
+
+    #[test]
+    fn grpc_status_after_the_response_line() {
+        let mut flow = exchange();
+        flow.duration_ms = Some(1.4);
+        if let Some(r) = flow.response.as_mut() {
+            r.headers = vec![Header::new("content-type", "application/grpc")];
+            r.trailers = vec![
+                Header::new("grpc-status", "5"),
+                Header::new("grpc-message", "no such thing: caf%C3%A9 100%25 %zz"),
+            ];
+            r.body_size = Some(0);
+        }
+        let want_line =
+            " << HTTP/1.1 200 OK 0b 1.4ms grpc NOT_FOUND: no such thing: café 100% %zz\n";
+        let short = text(&flow, false);
+        assert!(short.ends_with(want_line), "{short}");
+        assert_eq!(
+            text(&flow, true)
+                .split_once(want_line)
+                .map(|(_, rest)| rest.to_string()),
+            Some(
+                "    content-type: application/grpc\n \
+                 << trailers\n\
+                 \x20   grpc-status: 5\n\
+                 \x20   grpc-message: no such thing: caf%C3%A9 100%25 %zz\n"
+                    .to_string()
+            )
+        );
+        // A trailers-only response (the call failed at once) has the status in its headers; an
+        // unknown code is shown as it came, and a message cannot drive the terminal.
+        if let Some(r) = flow.response.as_mut() {
+            r.headers = vec![
+                Header::new("grpc-status", "99"),
+                Header::new("grpc-message", "%1b[2J"),
+            ];
+            r.trailers.clear();
+        }
+        assert!(
+            text(&flow, false).ends_with(" grpc 99: \\x1b[2J\n"),
+            "{}",
+            text(&flow, false)
+        );
+        if let Some(r) = flow.response.as_mut() {
+            r.headers = vec![Header::new("grpc-status", "0")];
+        }
+        assert!(text(&flow, false).ends_with(" 1.4ms grpc OK\n"));
     }
 
     #[test]
