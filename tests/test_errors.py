@@ -149,6 +149,22 @@ def test_client_closes_mid_body(proxy, nginx):
     assert body_read <= rec["response"]["body_size"] < 100 * 1024 * 1024, (body_read, rec["response"])
 
 
+def test_client_gives_up_before_the_response(proxy, pyserver):
+    """A client timeout while the server is still thinking (the most common failure one comes to
+    a proxy to see): the exchange is a record with `client_closed` and how long the client
+    waited. It used to leave no record at all."""
+    url = f"{pyserver.base}/slow?head=3"
+    r = curl("-x", proxy.url, "--max-time", "1", url)
+    assert r.rc == 28, f"curl timed out: {r.rc} {r.err}"
+    rec = proxy.record(timeout=10)
+    assert rec["request"]["url"] == url
+    assert "response" not in rec
+    assert rec["error"]["kind"] == "client_closed", rec["error"]
+    assert "gave up before the response" in rec["error"]["message"]
+    assert 900 <= rec["duration_ms"] < 3000, rec["duration_ms"]
+    assert "connect_ms" in rec["timings"], "the upstream connection was made"
+
+
 class _LoopbackServer:
     """A TCP server on 127.0.0.1 that serves each connection on a thread of its own
     (`_serve(sock, n)`, n counting connections from 1), and keeps what it saw in `seen`."""

@@ -80,6 +80,25 @@ def test_sigterm_grace_expires(start_proxy, pyserver):
     assert rec["response"]["body_size"] < 8000, "the body was cut, not completed"
 
 
+def test_sigterm_grace_expires_before_the_response(start_proxy, pyserver):
+    """Cut while the server has not answered yet: the record says the proxy stopped, not that
+    the client went away."""
+    proxy = start_proxy("--grace", "1")
+    url = f"{pyserver.base}/slow?head=8&tag=grace-head"
+    client = subprocess.Popen(["curl", "-sS", "--max-time", "20", "-x", proxy.url, "-o", "/dev/null", url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    pyserver.wait_for_path("/slow?head=8&tag=grace-head")
+    rc = proxy.stop(timeout=10)
+    client.communicate(timeout=30)
+    assert rc == 0
+    assert client.returncode != 0
+    rec = proxy.record()
+    assert rec["request"]["url"] == url
+    assert "response" not in rec
+    assert rec["error"]["kind"] == "proxy", rec["error"]
+    assert "stopped before the response came" in rec["error"]["message"]
+
+
 def test_ca_reused_across_restarts(start_proxy, nginx, tmp_path):
     ca_dir = tmp_path / "shared-ca"
     first = start_proxy(name="first", ca_dir=ca_dir)

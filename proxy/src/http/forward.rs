@@ -4,7 +4,7 @@ use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::{admin, plain, Response, Route, Scheme, Session};
 use crate::metrics::Metrics;
 use crate::record::capture::Capture;
-use crate::record::tap::{RequestTap, ResponseTap};
+use crate::record::tap::{RequestTap, ResponseTap, Waiting};
 use crate::record::{
     BodyFacts, Exchange, Record, RequestBodySlot, RequestHead, ResponseHead, ServerFacts,
     TunnelRecord,
@@ -283,32 +283,35 @@ async fn forward(
 
     let slot = Arc::new(RequestBodySlot::default());
     let capture = || Capture::new(shared.config.capture, shared.config.body_limit);
-    let mut x = Box::new(Exchange {
-        conn: session.conn.clone(),
-        tls: session.tls.clone(),
-        start,
-        started,
-        server: ServerFacts {
-            host: target.host.clone(),
-            port: target.port,
-            ip: None,
-        },
-        request: RequestHead {
-            method: parts.method.clone(),
-            url,
-            version: client_version,
-            headers: crate::record::HeaderList::from_map(&parts.headers),
-        },
-        request_body: Some(slot.clone()),
-        response: None,
-        response_body: None,
-        connect: None,
-        upstream_tls_version: None,
-        upstream_ready: None,
-        response_at: None,
-        end: None,
-        error: None,
-    });
+    let mut x = Waiting::new(
+        Box::new(Exchange {
+            conn: session.conn.clone(),
+            tls: session.tls.clone(),
+            start,
+            started,
+            server: ServerFacts {
+                host: target.host.clone(),
+                port: target.port,
+                ip: None,
+            },
+            request: RequestHead {
+                method: parts.method.clone(),
+                url,
+                version: client_version,
+                headers: crate::record::HeaderList::from_map(&parts.headers),
+            },
+            request_body: Some(slot.clone()),
+            response: None,
+            response_body: None,
+            connect: None,
+            upstream_tls_version: None,
+            upstream_ready: None,
+            response_at: None,
+            end: None,
+            error: None,
+        }),
+        &shared.emitter,
+    );
     // Without a body (known before anything is sent), the request can be sent again as it was.
     let bodiless = body.is_end_stream();
     let mut body = RequestTap::new(
@@ -328,7 +331,7 @@ async fn forward(
     let (conn, sent) = loop {
         let (mut conn, kept) = match checkout {
             Ok(c) => c,
-            Err(e) => return fail(&session, x, e.kind, e.message),
+            Err(e) => return fail(&session, x.take(), e.kind, e.message),
         };
         x.server.ip = Some(conn.ip);
         x.connect = conn.timings.take();
@@ -379,12 +382,12 @@ async fn forward(
         Sent::Response(r) => r,
         Sent::Failed(e, _) => {
             let (kind, msg) = classify_send_error(&slot, &e);
-            return fail(&session, x, kind, msg);
+            return fail(&session, x.take(), kind, msg);
         }
         Sent::TimedOut => {
             return fail(
                 &session,
-                x,
+                x.take(),
                 ErrorKind::UpstreamTimeout,
                 format!(
                     "no response from {}:{} within {timeout:?}",
@@ -403,7 +406,7 @@ async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            return switch_protocols(&session, x, resp, client_upgrade, upstream_upgrade);
+            return switch_protocols(&session, x.take(), resp, client_upgrade, upstream_upgrade);
         }
     }
     if !upgrade {
@@ -414,7 +417,7 @@ async fn forward(
     strip_hop_by_hop(&mut rparts.headers, false);
     rparts.version = client_version;
     x.response_body = Some(BodyFacts::new(capture()));
-    let tap = ResponseTap::new(rbody, x, shared.emitter.clone());
+    let tap = ResponseTap::new(rbody, x.take(), shared.emitter.clone());
     hyper::Response::from_parts(rparts, Either::Left(tap))
 }
 

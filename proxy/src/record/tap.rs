@@ -2,7 +2,8 @@
 //!
 //! [`RequestTap`] hands its facts to the exchange through a shared slot. [`ResponseTap`] owns the
 //! exchange and finishes its record exactly once: at the end of the body, on an error, or when the
-//! body is dropped early (the client went away).
+//! body is dropped early (the client went away). Before the response, [`Waiting`] owns it, so an
+//! exchange the client gives up on while the server thinks still gets its record.
 
 use super::{BodyFacts, Exchange, Record, RequestBodySlot};
 use crate::output::Emitter;
@@ -18,6 +19,62 @@ use std::time::Instant;
 /// Set once the proxy's grace period is over and the exchanges still open are being cut, so
 /// their records say so instead of blaming the client.
 pub static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// An exchange waiting for its response head. The request's future holds it; when that future
+/// is dropped first (the client closed its connection or cancelled its HTTP/2 stream, a client
+/// timeout say, or the proxy's grace period ended), the record is written, saying so. Otherwise
+/// [`Waiting::take`] hands the exchange on, to a failure or to the response's tap.
+pub struct Waiting<'a> {
+    exchange: Option<Box<Exchange>>,
+    emitter: &'a Emitter,
+}
+
+impl<'a> Waiting<'a> {
+    pub fn new(exchange: Box<Exchange>, emitter: &'a Emitter) -> Self {
+        Waiting {
+            exchange: Some(exchange),
+            emitter,
+        }
+    }
+
+    pub fn take(mut self) -> Box<Exchange> {
+        self.exchange.take().expect("an exchange is taken once")
+    }
+}
+
+impl std::ops::Deref for Waiting<'_> {
+    type Target = Exchange;
+    fn deref(&self) -> &Exchange {
+        self.exchange.as_ref().expect("present until taken")
+    }
+}
+
+impl std::ops::DerefMut for Waiting<'_> {
+    fn deref_mut(&mut self) -> &mut Exchange {
+        self.exchange.as_mut().expect("present until taken")
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(mut x) = self.exchange.take() {
+            x.end = Some(Instant::now());
+            if STOPPING.load(Relaxed) {
+                x.fail(
+                    ErrorKind::Proxy,
+                    "the proxy stopped before the response came (--grace over)",
+                );
+            } else {
+                x.fail(
+                    ErrorKind::ClientClosed,
+                    "the client gave up before the response came: it closed the connection \
+                     or cancelled the request",
+                );
+            }
+            self.emitter.send(Record::Http(x));
+        }
+    }
+}
 
 pub struct RequestTap<B> {
     inner: B,
