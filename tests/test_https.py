@@ -71,6 +71,24 @@ def test_https_h2_curl(proxy, nginx):
     assert rec["tls"]["client_alpn"] == ["h2", "http/1.1"]
 
 
+def test_server_sees_the_clients_protocol(proxy, nginx):
+    """An HTTP/1.1 client's requests reach the server as HTTP/1.1 even when the proxy keeps an
+    HTTP/2 connection to that server for an HTTP/2 client (an `Upgrade`, or a server that acts
+    on the protocol, must see what the client sent), and the other way round."""
+    h2 = curl("--proxy", proxy.url, "--cacert", proxy.ca_path, "--http2",
+              nginx.url("/small", host="localhost", tls=True)).check()
+    assert h2.out == SMALL_BODY
+    url = nginx.url("/protocol", host="localhost", tls=True)
+    h1 = curl("--proxy", proxy.url, "--cacert", proxy.ca_path, "--http1.1", url, url).check()
+    assert h1.out == b"HTTP/1.1\nHTTP/1.1\n", "both requests of the HTTP/1.1 connection"
+    h2 = curl("--proxy", proxy.url, "--cacert", proxy.ca_path, "--http2", url).check()
+    assert h2.out == b"HTTP/2.0\n"
+    recs = proxy.records(4)
+    versions = [(r["request"]["http_version"], r["response"]["http_version"])
+                for r in recs if r["request"]["url"] == url]
+    assert sorted(versions) == [("HTTP/1.1", "HTTP/1.1")] * 2 + [("HTTP/2.0", "HTTP/2.0")], versions
+
+
 def test_https_h2_httpx_one_connection(proxy, nginx):
     ctx = ssl.create_default_context(cafile=str(proxy.ca_path))
     base = nginx.url("", host="localhost", tls=True)

@@ -4,7 +4,7 @@
 use crate::conn::detect::{classify, client_hello_sni, Protocol};
 use crate::conn::prefixed::Prefixed;
 use crate::conn::{serve_http, HttpProtocol};
-use crate::http::{plain, Response, Route, Scheme, Session};
+use crate::http::{plain, PlainUpstream, Response, Route, Scheme, Session};
 use crate::mode::ReverseTarget;
 use crate::record::{Record, ServerFacts, TlsFacts, TunnelRecord};
 use crate::upstream::Target;
@@ -203,6 +203,11 @@ where
         }
     };
     let reverse = matches!(entry, Entry::Reverse { .. });
+    let plain = match &entry {
+        Entry::Reverse { target: r, .. } if r.h2c => PlainUpstream::H2c,
+        Entry::Reverse { .. } => PlainUpstream::Http1,
+        _ => PlainUpstream::AsClient,
+    };
     let no_sni_name = match &entry {
         Entry::Reverse { local, .. } => local.map(|ip| ip.to_canonical().to_string()),
         _ => None,
@@ -219,6 +224,7 @@ where
                 use_client_sni: plan_sni,
                 rewrite_host: reverse,
                 no_sni_name,
+                plain,
             };
             crate::tls::intercept(shared, conn, io, plan).await
         }
@@ -236,6 +242,7 @@ where
                 failed: None,
                 host_from_request: matches!(entry, Entry::Transparent { .. }),
                 rewrite_host: reverse,
+                plain,
             };
             let s = Session::new(shared, conn, None, route);
             let proto = if protocol == Protocol::H2Prior {

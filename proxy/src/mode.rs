@@ -8,16 +8,19 @@ use std::net::SocketAddr;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReverseTarget {
     pub tls: bool,
+    /// `h2c://`: plain text, HTTP/2 with prior knowledge (a gRPC server, say).
+    pub h2c: bool,
     pub host: String,
     pub port: u16,
 }
 
 impl ReverseTarget {
+    /// The scheme as `--mode` gave it (`https`, `http` or `h2c`).
     pub fn scheme(&self) -> &'static str {
-        if self.tls {
-            "https"
-        } else {
-            "http"
+        match (self.tls, self.h2c) {
+            (true, _) => "https",
+            (false, true) => "h2c",
+            (false, false) => "http",
         }
     }
 
@@ -80,12 +83,13 @@ pub fn parse(spec: &str, default_listen: SocketAddr) -> Result<ModeSpec, String>
 
 fn parse_reverse(url: &str) -> Result<ReverseTarget, String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
-    let tls = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
+    let (tls, h2c) = match uri.scheme_str() {
+        Some("https") => (true, false),
+        Some("http") => (false, false),
+        Some("h2c") => (false, true),
         _ => {
             return Err(format!(
-                "{url:?}: the URL must start with http:// or https://"
+                "{url:?}: the URL must start with http://, https:// or h2c://"
             ))
         }
     };
@@ -100,6 +104,7 @@ fn parse_reverse(url: &str) -> Result<ReverseTarget, String> {
     }
     Ok(ReverseTarget {
         tls,
+        h2c,
         host: a.host().to_string(),
         port: a.port_u16().unwrap_or(if tls { 443 } else { 80 }),
     })
@@ -124,6 +129,7 @@ mod tests {
             r.kind,
             ModeKind::Reverse(ReverseTarget {
                 tls: true,
+                h2c: false,
                 host: "api.example.com".into(),
                 port: 443
             })
@@ -134,10 +140,27 @@ mod tests {
             r.kind,
             ModeKind::Reverse(ReverseTarget {
                 tls: false,
+                h2c: false,
                 host: "[::1]".into(),
                 port: 8000
             })
         );
+        let r = parse("reverse:h2c://grpc.internal:50051@9000", d()).unwrap();
+        assert_eq!(
+            r.kind,
+            ModeKind::Reverse(ReverseTarget {
+                tls: false,
+                h2c: true,
+                host: "grpc.internal".into(),
+                port: 50051
+            })
+        );
+        if let ModeKind::Reverse(t) = &r.kind {
+            assert_eq!(
+                (t.scheme(), t.authority()),
+                ("h2c", "grpc.internal:50051".into())
+            );
+        }
         assert!(parse("socks5", d()).is_err());
         assert!(parse("reverse:ftp://x", d()).is_err());
         assert!(parse("reverse:http://x/path", d()).is_err());

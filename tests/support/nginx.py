@@ -42,6 +42,7 @@ ROUTES = r"""
             return 200 "cookies\n";
         }
         location = /status/500 { default_type text/plain; return 500 "boom\n"; }
+        location = /protocol   { default_type text/plain; return 200 "$server_protocol\n"; }
         location ~ ^/(upload|echo)$ {
             proxy_pass http://pyserver;
             proxy_http_version 1.1;

@@ -205,12 +205,12 @@ fn resolve(
 }
 
 impl Session {
-    /// A connection to `target`: this session's reserved one, a kept one (`true` with it), or
-    /// a new one.
+    /// A connection to `target` speaking HTTP/2 (`h2`) or HTTP/1.1: this session's reserved
+    /// one, a kept one (`true` with it), or a new one.
     async fn checkout(
         &self,
         target: &Target,
-        client_h2: bool,
+        h2: bool,
     ) -> Result<(Connection, bool), ConnectError> {
         if let Route::Fixed {
             failed: Some(e), ..
@@ -225,15 +225,16 @@ impl Session {
             .and_then(|mut r| r.take_if(|b| b.0 == *target))
             .map(|b| b.1)
             .filter(|c| !c.sender.is_closed());
-        if let Some(c) = reserved.or_else(|| self.shared.pool.take(target)) {
+        if let Some(c) = reserved.or_else(|| self.shared.pool.take(target, h2)) {
             return Ok((c, true));
         }
-        Ok((self.connect(target, client_h2).await?, false))
+        Ok((self.connect(target, h2).await?, false))
     }
 
-    /// A new connection to `target` (an HTTP/2 one is also kept, to be shared).
-    async fn connect(&self, target: &Target, client_h2: bool) -> Result<Connection, ConnectError> {
-        let alpn: Vec<Vec<u8>> = if client_h2 {
+    /// A new connection to `target`, offering HTTP/2 first when `h2` (an HTTP/2 one is also
+    /// kept, to be shared).
+    async fn connect(&self, target: &Target, h2: bool) -> Result<Connection, ConnectError> {
+        let alpn: Vec<Vec<u8>> = if h2 {
             vec![ALPN_H2.to_vec(), ALPN_H1.to_vec()]
         } else {
             vec![ALPN_H1.to_vec()]
@@ -319,7 +320,9 @@ async fn forward(
         BodyFacts::new(capture()),
         slot.clone(),
     );
-    let client_h2 = client_version == Version::HTTP_2;
+    let upstream_h2 = session
+        .route
+        .upstream_h2(target.tls, client_version == Version::HTTP_2);
     let pq = parts
         .uri
         .path_and_query()
@@ -327,7 +330,7 @@ async fn forward(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     let timeout = shared.config.upstream_timeout;
-    let mut checkout = session.checkout(&target, client_h2).await;
+    let mut checkout = session.checkout(&target, upstream_h2).await;
     let (conn, sent) = loop {
         let (mut conn, kept) = match checkout {
             Ok(c) => c,
@@ -369,7 +372,7 @@ async fn forward(
                     Metrics::inc(&shared.metrics.upstream_retries);
                     (body, parts) = (b, p);
                     checkout = session
-                        .connect(&target, client_h2)
+                        .connect(&target, upstream_h2)
                         .await
                         .map(|c| (c, false));
                     continue;
@@ -519,7 +522,7 @@ fn classify_send_error(slot: &RequestBodySlot, e: &hyper::Error) -> (ErrorKind, 
     }
     let kind = if e.is_timeout() {
         ErrorKind::UpstreamTimeout
-    } else if e.is_parse() || e.is_parse_status() {
+    } else if e.is_parse() || e.is_parse_status() || upstream::broke_h2(e) {
         ErrorKind::Protocol
     } else {
         ErrorKind::UpstreamClosed

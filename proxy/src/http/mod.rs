@@ -72,7 +72,37 @@ pub enum Route {
         host_from_request: bool,
         /// Reverse mode: the upstream gets its own name in Host, as reverse proxies do.
         rewrite_host: bool,
+        /// How a plain-text `target` is spoken to.
+        plain: PlainUpstream,
     },
+}
+
+/// How a fixed route speaks to a plain-text upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainUpstream {
+    /// In the client's protocol: HTTP/2 with prior knowledge (h2c) when the client spoke h2c to
+    /// what it took for the server (a CONNECT tunnel, a redirected connection), else HTTP/1.1.
+    AsClient,
+    /// HTTP/1.1 (reverse mode, `http://`).
+    Http1,
+    /// HTTP/2 with prior knowledge (reverse mode, `h2c://`), whatever the client spoke.
+    H2c,
+}
+
+impl Route {
+    /// Whether requests of a client speaking HTTP/2 (`client_h2`) or HTTP/1.1 go upstream over
+    /// HTTP/2: over TLS when the client spoke it (the server's ALPN has the last word), in
+    /// plain text as the route says.
+    pub fn upstream_h2(&self, target_tls: bool, client_h2: bool) -> bool {
+        match self {
+            Route::Fixed { plain, .. } if !target_tls => match plain {
+                PlainUpstream::AsClient => client_h2,
+                PlainUpstream::Http1 => false,
+                PlainUpstream::H2c => true,
+            },
+            _ => client_h2,
+        }
+    }
 }
 
 /// One client connection's view of the proxy.

@@ -6,7 +6,7 @@ pub mod leaf;
 
 use crate::conn::{serve_http, HttpProtocol};
 use crate::connect::{authority_string, record_tunnel_error};
-use crate::http::{Route, Scheme, Session, Shared};
+use crate::http::{PlainUpstream, Route, Scheme, Session, Shared};
 use crate::record::{ConnInfo, TlsFacts};
 use crate::upstream::{self, Target, ALPN_H1, ALPN_H2};
 
@@ -62,6 +62,8 @@ pub struct Plan {
     pub rewrite_host: bool,
     /// Name for the leaf when the client sends no SNI (reverse mode: the address it dialled).
     pub no_sni_name: Option<String>,
+    /// How a plain-text `target` is spoken to (reverse mode).
+    pub plain: PlainUpstream,
 }
 
 pub async fn intercept<IO>(shared: Arc<Shared>, conn: Arc<ConnInfo>, io: IO, plan: Plan)
@@ -73,6 +75,7 @@ where
         use_client_sni,
         rewrite_host,
         no_sni_name,
+        plain,
     } = plan;
     let host = target.host.clone();
     let port = target.port;
@@ -225,6 +228,7 @@ where
         failed,
         host_from_request: false,
         rewrite_host,
+        plain,
     };
     let session = Session::new(shared, conn, Some(Arc::new(facts)), route);
     if let Some(c) = connection {

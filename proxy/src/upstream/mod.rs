@@ -79,9 +79,21 @@ pub fn closed_unanswered(e: &hyper::Error) -> bool {
                 ));
             }
             let h2e = c.downcast_ref::<h2::Error>()?;
-            Some(h2e.is_go_away() || h2e.reason() == Some(h2::Reason::REFUSED_STREAM))
+            Some(
+                (h2e.is_go_away() && h2e.is_remote())
+                    || h2e.reason() == Some(h2::Reason::REFUSED_STREAM),
+            )
         })
         .unwrap_or(false)
+}
+
+/// Whether the server broke HTTP/2 itself: the proxy's side of the connection found a frame it
+/// could not accept and ended the connection (a server that does not speak HTTP/2 with prior
+/// knowledge answers an h2c preface with HTTP/1.1 bytes, say).
+pub fn broke_h2(e: &hyper::Error) -> bool {
+    crate::causes(e)
+        .find_map(|c| c.downcast_ref::<h2::Error>())
+        .is_some_and(|h2e| h2e.is_go_away() && !h2e.is_remote())
 }
 
 pub const ALPN_H2: &[u8] = b"h2";
@@ -360,6 +372,8 @@ impl Target {
 }
 
 /// Opens a connection to `target`, offering `alpn` when it is TLS, and starts its hyper client.
+/// On a plain-text connection an offer led by `h2` means HTTP/2 with prior knowledge (h2c), as
+/// a client that spoke h2c itself asks for; otherwise plain text is HTTP/1.1.
 pub async fn connect(
     tls: &UpstreamTls,
     target: &Target,
@@ -374,13 +388,17 @@ pub async fn connect(
         tls: None,
     };
     if !target.tls {
-        let sender = handshake_h1(tcp).await?;
+        let sender = if alpn.first().is_some_and(|p| p == ALPN_H2) {
+            handshake_h2(tcp).await?
+        } else {
+            handshake_h1(tcp).await?
+        };
         return Ok(Connection {
             sender,
             ip: addr.ip(),
             timings: Some(timings),
             alpn: None,
-            offered: Vec::new(),
+            offered: alpn.to_vec(),
             tls_version: None,
         });
     }

@@ -28,16 +28,19 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A connection to `target` that can take a request now, if one is kept.
-    pub fn take(&self, target: &Target) -> Option<Connection> {
+    /// A connection to `target` speaking HTTP/2 (`h2`) or HTTP/1.1 that can take a request
+    /// now, if one is kept. The protocol is the caller's: a request goes upstream in the
+    /// protocol its client spoke (gRPC needs HTTP/2; an HTTP/1.1 `Upgrade` needs HTTP/1.1).
+    pub fn take(&self, target: &Target, h2: bool) -> Option<Connection> {
         let mut map = self.targets.lock().ok()?;
         let entry = map.get_mut(target)?;
-        if let Some(c) = entry.shared.as_mut() {
+        if h2 {
+            let c = entry.shared.as_mut()?;
             if c.sender.is_closed() {
                 entry.shared = None;
-            } else if let Some(s) = c.share() {
-                return Some(s);
+                return None;
             }
+            return c.share();
         }
         let now = Instant::now();
         entry
@@ -45,7 +48,7 @@ impl Pool {
             .retain(|(since, c)| !c.sender.is_closed() && now.duration_since(*since) < IDLE_TTL);
         let ready = entry.idle.iter().rposition(|(_, c)| match &c.sender {
             Sender::H1(s) => s.is_ready(),
-            Sender::H2(_) => true,
+            Sender::H2(_) => false,
         })?;
         Some(entry.idle.swap_remove(ready).1)
     }
