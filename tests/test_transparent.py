@@ -13,7 +13,7 @@ import pytest
 
 from support.nginx import JSON_BODY, SMALL_BODY
 from support.netns import (  # noqa: F401 - fixtures
-    API_NAME, API_V4, APP_UID, CLIENT_V4, CLIENT_V6, ECHO_PORT, IGNORED_NAME, PROXY_UID, SERVER6_NAME,
+    API_NAME, API_V4, APP_UID, CLIENT_V4, CLIENT_V6, ECHO_PORT, H2C_PORT, IGNORED_NAME, PROXY_UID, SERVER6_NAME,
     SERVER_NAME, SERVER_V4, SERVER_V6, TRANSPARENT_PORT, Topology, ns_proxy, redirect, require_tools, topo,
 )
 from support.pki import issued_by, load_cert
@@ -140,6 +140,25 @@ def test_https_curl(topo, redirect, ns_proxy, flag, alpn, version, path, body):
     # The same URL without the flowtap CA fails: the client really talked to the proxy.
     bad = topo.curl(flag, url)
     assert bad.rc == 60, (bad.rc, bad.err)
+
+
+def test_h2c_prior_knowledge(topo, redirect, ns_proxy):
+    """Plain-text HTTP/2 with prior knowledge (what in-cluster gRPC speaks) to a server that
+    speaks only that: redirected, it reaches the server as h2c, not HTTP/1.1."""
+    redirect(REDIRECT_PORTS=f"80,443,{H2C_PORT}")
+    proxy = ns_proxy(modes=[V4_LISTEN])
+    url = f"http://{SERVER_NAME}:{H2C_PORT}/host"
+    r = topo.curl("--http2-prior-knowledge", "-w", "|%{http_version}", url).check()
+    body, _, version = r.text.rpartition("|")
+    assert version == "2"
+    seen = json.loads(body)
+    assert seen["protocol"] == "HTTP/2.0" and seen["port"] == str(H2C_PORT), seen
+    assert seen["client"] == CLIENT_V4, "the proxy's own connection, from the client namespace"
+    rec = proxy.record()
+    assert_transparent(rec, host=SERVER_NAME, port=H2C_PORT, ip=SERVER_V4, url=url, tls=False)
+    assert rec["request"]["http_version"] == "HTTP/2.0"
+    assert rec["response"]["http_version"] == "HTTP/2.0"
+    assert rec["response"]["body_size"] == len(body.encode())
 
 
 def test_leaf_is_from_flowtap_ca(topo, redirect, ns_proxy):

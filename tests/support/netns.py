@@ -4,7 +4,7 @@ network or the outside world).
 
     client namespace  (the "pod")                         server namespace  (the "internet")
     10.77.0.1 / fd77::1  ─────── veth ───────  10.77.0.2, 10.77.0.3 / fd77::2, fd77::3
-      flowtap, as a dedicated uid (setpriv)                nginx :80, :443, :8443 (TLS, h2 + http/1.1)
+      flowtap, as a dedicated uid (setpriv)                nginx :80, :443, :8443 (TLS, h2 + http/1.1), :8082 (h2c)
       curl, Python clients (no proxy configured)           echo server :8000 behind nginx
       nat rules from deploy/sidecar/init-redirect.sh
 
@@ -52,6 +52,7 @@ HOSTS = {SERVER_NAME: SERVER_V4, IGNORED_NAME: SERVER_V4, API_NAME: API_V4, SERV
 
 ECHO_PORT = 8000          # the echo server in the server namespace (not a redirected port)
 EXTRA_TLS_PORT = 8443     # nginx TLS on a port that only some rule sets redirect
+H2C_PORT = 8082           # nginx plain-text HTTP/2 with prior knowledge only (h2c, as gRPC uses)
 PROXY_UID = 41337         # flowtap runs as this uid (no passwd entry needed); the rules exclude it
 APP_UID = 41338           # a second unprivileged uid, for clients that are not the proxy
 TRANSPARENT_PORT = 15001  # the sidecar's port for --mode transparent
@@ -159,6 +160,7 @@ http {
         listen 443 ssl http2;
         listen [::]:443 ssl http2 ipv6only=on;
         listen %(extra_tls)d ssl http2;
+        listen %(h2c)d http2;
         server_name _;
         ssl_certificate %(cert)s;
         ssl_certificate_key %(key)s;
@@ -259,7 +261,7 @@ class Topology:
         (www / "small").write_bytes(SMALL_BODY)
         (www / "json").write_bytes(JSON_BODY)
         (d / "nginx.conf").write_text(NGINX_CONF % {
-            "dir": d, "echo_port": ECHO_PORT, "extra_tls": EXTRA_TLS_PORT, "cert": self.pki.cert, "key": self.pki.key})
+            "dir": d, "echo_port": ECHO_PORT, "extra_tls": EXTRA_TLS_PORT, "h2c": H2C_PORT, "cert": self.pki.cert, "key": self.pki.key})
         echo_log = open(self.workdir / "echo.log", "wb")
         self._procs.append(subprocess.Popen(
             ["ip", "netns", "exec", self.server, sys.executable, str(ECHO_SCRIPT), str(ECHO_PORT)],
@@ -272,7 +274,7 @@ class Topology:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=ng_log)
         ng_log.close()
         self._procs.append(self.nginx)
-        for port in (80, 443, EXTRA_TLS_PORT, ECHO_PORT):
+        for port in (80, 443, EXTRA_TLS_PORT, H2C_PORT, ECHO_PORT):
             self.wait_listening(self.server, port)
 
     def wait_listening(self, ns: str, port: int, timeout: float = SETUP_TIMEOUT_S) -> None:
