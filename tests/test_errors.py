@@ -193,6 +193,38 @@ class _LoopbackServer:
         self.sock.close()
 
 
+class _Silent(_LoopbackServer):
+    """Accepts TCP connections and never says a word (a TLS server that hangs in its handshake)."""
+
+    def _serve(self, c, n):
+        with c:
+            while c.recv(65536):
+                pass
+
+
+def test_client_gives_up_while_the_upstream_tls_handshake_hangs(start_proxy):
+    """The proxy finishes the upstream's TLS handshake before the client's; when the upstream
+    hangs there and the client gives up first, the tunnel record names the upstream's timeout
+    as the cause, and how long the client waited; it used to blame the client's trust of the
+    flowtap CA, with a duration of 0."""
+    silent = _Silent()
+    try:
+        proxy = start_proxy("--upstream-timeout", "2")
+        r = curl("--proxy", proxy.url, "--cacert", proxy.ca_path, "--max-time", "1",
+                 f"https://127.0.0.1:{silent.port}/")
+        assert r.rc == 28, (r.rc, r.err)
+        rec = proxy.record(timeout=10)
+    finally:
+        silent.close()
+    assert rec["kind"] == "tunnel"
+    assert rec["server"]["port"] == silent.port
+    assert rec["error"]["kind"] == "upstream_timeout", rec["error"]
+    assert rec["error"]["message"].startswith(f"TLS handshake with 127.0.0.1:{silent.port} took longer than 2s; "
+                                              "the client's TLS handshake then failed"), rec["error"]
+    assert "trust" not in rec["error"]["message"]
+    assert 1900 <= rec["duration_ms"] < 5000, rec["duration_ms"]
+
+
 class _RawUpstream(_LoopbackServer):
     """A raw HTTP/1.1 upstream, for answers no real server gives on purpose: `answer(i, conn,
     method, path)` returns the bytes to send for the i-th request (from 0) on connection number

@@ -83,7 +83,15 @@ pub async fn handle(session: Arc<Session>, req: hyper::Request<Incoming>) -> Res
         Ok(t) => t,
         Err(msg) => {
             let shown = without_userinfo(&authority);
-            record_tunnel_error(&session, shown, 0, ErrorKind::Protocol, &msg, None);
+            record_tunnel_error(
+                &session,
+                began_now(),
+                shown,
+                0,
+                ErrorKind::Protocol,
+                &msg,
+                None,
+            );
             return plain(StatusCode::BAD_REQUEST, format!("flowtap: {msg}\n"));
         }
     };
@@ -108,25 +116,33 @@ pub async fn handle(session: Arc<Session>, req: hyper::Request<Incoming>) -> Res
     ))
 }
 
-/// Writes a tunnel record for a CONNECT that failed before any byte was relayed.
+/// When something began: the wall-clock time for the record, the monotonic one for its duration.
+pub type Began = (SystemTime, Instant);
+
+pub fn began_now() -> Began {
+    (SystemTime::now(), Instant::now())
+}
+
+/// Writes a tunnel record for a CONNECT that failed before any byte was relayed; `began` is when
+/// the attempt began (its duration is how long the client waited).
 pub fn record_tunnel_error(
     session: &Session,
+    began: Began,
     host: &str,
     port: u16,
     kind: ErrorKind,
     message: &str,
     tls: Option<Arc<TlsFacts>>,
 ) {
-    let now = Instant::now();
     session
         .shared
         .emitter
         .send(Record::Tunnel(Box::new(TunnelRecord {
             conn: session.conn.clone(),
             tls,
-            start: SystemTime::now(),
-            started: now,
-            end: now,
+            start: began.0,
+            started: began.1,
+            end: Instant::now(),
             server: ServerFacts {
                 host: host.to_string(),
                 port,

@@ -5,7 +5,7 @@ pub mod ca;
 pub mod leaf;
 
 use crate::conn::{serve_http, HttpProtocol};
-use crate::connect::{authority_string, record_tunnel_error};
+use crate::connect::{authority_string, began_now, record_tunnel_error};
 use crate::http::{PlainUpstream, Route, Scheme, Session, Shared};
 use crate::record::{ConnInfo, TlsFacts};
 use crate::upstream::{self, Target, ALPN_H1, ALPN_H2};
@@ -81,17 +81,18 @@ where
     let port = target.port;
     // A session only to write records for failures before there is an HTTP session.
     let early = Session::new(shared.clone(), conn.clone(), None, Route::Forward);
+    let began = began_now();
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let start = match tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, acceptor).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let msg = format!("not a valid TLS ClientHello: {e}");
-            record_tunnel_error(&early, &host, port, ErrorKind::Protocol, &msg, None);
+            record_tunnel_error(&early, began, &host, port, ErrorKind::Protocol, &msg, None);
             return;
         }
         Err(_) => {
             let msg = "no complete TLS ClientHello within the timeout".to_string();
-            record_tunnel_error(&early, &host, port, ErrorKind::Limit, &msg, None);
+            record_tunnel_error(&early, began, &host, port, ErrorKind::Limit, &msg, None);
             return;
         }
     };
@@ -157,7 +158,7 @@ where
         Ok(c) => c,
         Err(e) => {
             let msg = format!("cannot mint a certificate for {leaf_host:?}: {e}");
-            record_tunnel_error(&early, &host, port, ErrorKind::Proxy, &msg, None);
+            record_tunnel_error(&early, began, &host, port, ErrorKind::Proxy, &msg, None);
             return;
         }
     };
@@ -181,30 +182,33 @@ where
     let stream =
         match tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                let msg = format!(
-                    "TLS handshake with the client failed (does it trust the flowtap CA?): {e}"
-                );
-                record_tunnel_error(
-                    &early,
-                    &host,
-                    port,
-                    ErrorKind::ClientTls,
-                    &msg,
-                    Some(Arc::new(facts)),
-                );
-                return;
-            }
-            Err(_) => {
-                let msg = "the client did not finish the TLS handshake in time".to_string();
-                record_tunnel_error(
-                    &early,
-                    &host,
-                    port,
-                    ErrorKind::ClientTls,
-                    &msg,
-                    Some(Arc::new(facts)),
-                );
+            failed => {
+                let (why, alone) = match failed {
+                    Ok(Err(e)) => (
+                        e.to_string(),
+                        format!(
+                        "TLS handshake with the client failed (does it trust the flowtap CA?): {e}"
+                    ),
+                    ),
+                    _ => (
+                        "not finished in time".to_string(),
+                        "the client did not finish the TLS handshake in time".to_string(),
+                    ),
+                };
+                // The upstream failed first (while the client waited for its handshake, which it
+                // may have given up on): that is the cause to show.
+                let (kind, msg) = match &upstream {
+                    Some(Err(e)) => (
+                        e.kind,
+                        format!(
+                            "{}; the client's TLS handshake then failed: {why}",
+                            e.message
+                        ),
+                    ),
+                    _ => (ErrorKind::ClientTls, alone),
+                };
+                let facts = Some(Arc::new(facts));
+                record_tunnel_error(&early, began, &host, port, kind, &msg, facts);
                 return;
             }
         };
