@@ -44,6 +44,26 @@ def test_expect_100_continue_upload(proxy, pyserver, upload_file):
     assert "error" not in rec
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["http1", "https-h2"])
+def test_slow_upload_outlasts_the_response_timeout(start_proxy, pyserver, nginx, upload_file, tls):
+    """An upload that takes longer than --response-timeout to a server that answers once it has
+    the whole body (as S3 does): the clock starts at the end of the body, so nothing is cut.
+    It used to be a 502 once the upload had taken longer than the timeout (30 s by default)."""
+    proxy = start_proxy("--response-timeout", "1")
+    f, data = upload_file
+    url = nginx.url("/upload", host="localhost", tls=True) if tls else f"{pyserver.base}/upload"
+    extra = ["--cacert", proxy.ca_path, "--http2"] if tls else []
+    # 3 MiB at 1 MiB/s: about 3 s of upload, three times the timeout.
+    r = curl("-x", proxy.url, *extra, "--limit-rate", "1M", "--data-binary", f"@{f}", url).check()
+    got = json.loads(r.out)
+    assert got["received"] == len(data) and got["sha256"] == hashlib.sha256(data).hexdigest()
+    rec = proxy.record()
+    assert "error" not in rec, rec["error"]
+    assert rec["response"]["status"] == 200
+    assert rec["request"]["body_size"] == len(data)
+    assert rec["timings"]["send_ms"] > 1000, "the upload outlasted the timeout"
+
+
 def test_chunked_upload(proxy, pyserver, upload_file):
     f, data = upload_file
     url = f"{pyserver.base}/upload"

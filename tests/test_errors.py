@@ -75,14 +75,15 @@ def test_upstream_dns_failure(proxy):
     assert "ip" not in rec["server"]
 
 
-def test_upstream_timeout(start_proxy, pyserver):
-    proxy = start_proxy("--upstream-timeout", "1")
+def test_response_timeout(start_proxy, pyserver):
+    proxy = start_proxy("--response-timeout", "1")
     url = f"{pyserver.base}/slow?head=4"
     r = curl("-x", proxy.url, "-w", W502, url).check()
     # Without the 1 s timeout the upstream's 200 would come after 4 s: the 502 and the record say so.
     assert_502(r)
     rec = proxy.record()
     assert_failed_record(rec, "upstream_timeout", url)
+    assert "within 1s of the request's end (--response-timeout)" in rec["error"]["message"]
 
 
 def test_bad_upstream_certificate(proxy, nginx):

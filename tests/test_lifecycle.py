@@ -200,6 +200,7 @@ def test_bad_flags_are_refused_by_name(tmp_path):
         (["--body-limit", "lots"], "body-limit"),
         (["--listen", "not-an-address"], "listen"),
         (["--upstream-timeout", "0"], "upstream-timeout"),
+        (["--response-timeout", "0"], "response-timeout"),
         (["--max-streams", "0"], "max-streams"),
         (["--output", "otlp", "--otlp-compression", "br"], "otlp-compression"),
         (["--output", "grpc://127.0.0.1:9", "--buffer", "1KiB"], "buffer"),

@@ -359,7 +359,8 @@ def test_loop_without_owner_exclusion_is_refused(topo, redirect, ns_proxy):
     Expected: that connection is refused with a `connection` record naming the loop, and the
     client gets an error quickly; not a chain of connections."""
     redirect(PROXY_UID=APP_UID)          # the proxy runs as PROXY_UID: not excluded
-    proxy = ns_proxy(modes=[V4_LISTEN], args=["--upstream-timeout", "3", "--max-connections", "64"])
+    proxy = ns_proxy(modes=[V4_LISTEN], args=["--upstream-timeout", "3", "--response-timeout", "3",
+                                                      "--max-connections", "64"])
     url = f"http://{SERVER_NAME}/echo"
     r = topo.curl("-w", "|%{http_code}", url, timeout=10)
     assert r.rc == 0 and r.text.endswith("|502"), (r.rc, r.text, r.err)
@@ -367,7 +368,7 @@ def test_loop_without_owner_exclusion_is_refused(topo, redirect, ns_proxy):
     assert refused[0]["error"]["kind"] == "refused", refused
     assert "loop" in refused[0]["error"]["message"], refused[0]
     # The client's exchange failed at once on the refused connection, not after
-    # --upstream-timeout, and no hop was served in between (an own connection that comes back
+    # --response-timeout, and no hop was served in between (an own connection that comes back
     # before its socket is registered is looked at again once it sends its first bytes).
     failed = proxy.record(where=lambda x: x["kind"] == "http")
     assert failed["request"]["url"] == url and "response" not in failed, failed

@@ -151,7 +151,7 @@ pub struct ProxyArgs {
         value_name = "SECONDS"
     )]
     pub grace: f64,
-    /// Seconds allowed to connect to an upstream, and again for its response headers.
+    /// Seconds allowed to connect to an upstream (DNS, TCP and TLS).
     #[arg(
         long,
         env = "FLOWTAP_UPSTREAM_TIMEOUT",
@@ -159,6 +159,15 @@ pub struct ProxyArgs {
         value_name = "SECONDS"
     )]
     pub upstream_timeout: f64,
+    /// Seconds an upstream has to start its response once the whole request has been sent (the
+    /// clock starts when the request body ends: a long upload is never cut); then 502.
+    #[arg(
+        long,
+        env = "FLOWTAP_RESPONSE_TIMEOUT",
+        default_value = "300",
+        value_name = "SECONDS"
+    )]
+    pub response_timeout: f64,
     /// Text output shows headers too.
     #[arg(short, long, env = "FLOWTAP_VERBOSE")]
     pub verbose: bool,
@@ -257,6 +266,7 @@ pub struct ProxyConfig {
     pub stdout_line_limit: usize,
     pub grace: Duration,
     pub upstream_timeout: Duration,
+    pub response_timeout: Duration,
     pub verbose: bool,
     pub redact: RedactorConfig,
     pub limits: Limits,
@@ -391,6 +401,7 @@ impl ProxyConfig {
             stdout_line_limit,
             grace: seconds("--grace", a.grace)?,
             upstream_timeout: nonzero("--upstream-timeout", a.upstream_timeout)?,
+            response_timeout: nonzero("--response-timeout", a.response_timeout)?,
             verbose: a.verbose,
             redact: RedactorConfig {
                 extra_headers: a.redact_header,

@@ -329,7 +329,7 @@ async fn forward(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-    let timeout = shared.config.upstream_timeout;
+    let timeout = shared.config.response_timeout;
     let mut checkout = session.checkout(&target, upstream_h2).await;
     let (conn, sent) = loop {
         let (mut conn, kept) = match checkout {
@@ -350,7 +350,8 @@ async fn forward(
             pq.clone(),
             upgrade,
         );
-        let mut sent = send(&mut conn, hyper::Request::from_parts(parts, body), timeout).await;
+        let request = hyper::Request::from_parts(parts, body);
+        let mut sent = send(&mut conn, request, timeout, &slot).await;
 
         // A kept connection the server had closed (an idle keep-alive connection it timed out
         // just as this request went out, say) fails a request it never answered. Like browsers
@@ -393,7 +394,8 @@ async fn forward(
                 x.take(),
                 ErrorKind::UpstreamTimeout,
                 format!(
-                    "no response from {}:{} within {timeout:?}",
+                    "no response from {}:{} within {timeout:?} of the request's end \
+                     (--response-timeout)",
                     target.host, target.port
                 ),
             )
@@ -487,8 +489,15 @@ enum Sent {
     TimedOut,
 }
 
-/// Sends `req` on `conn`, waiting at most `timeout` for the response head.
-async fn send(conn: &mut Connection, req: hyper::Request<ReqBody>, timeout: Duration) -> Sent {
+/// Sends `req` on `conn` and waits for the response head: at most `timeout` from the end of the
+/// request body (`slot`), so a long upload to a server that answers when it has it all is never
+/// cut, while a server that sits on a complete request is.
+async fn send(
+    conn: &mut Connection,
+    req: hyper::Request<ReqBody>,
+    timeout: Duration,
+    slot: &RequestBodySlot,
+) -> Sent {
     let send = async {
         let r = match &mut conn.sender {
             Sender::H1(s) => {
@@ -504,10 +513,19 @@ async fn send(conn: &mut Connection, req: hyper::Request<ReqBody>, timeout: Dura
             (e.into_error(), unsent)
         })
     };
-    match tokio::time::timeout(timeout, send).await {
-        Ok(Ok(r)) => Sent::Response(r),
-        Ok(Err((e, unsent))) => Sent::Failed(e, unsent),
-        Err(_) => Sent::TimedOut,
+    tokio::pin!(send);
+    let mut deadline = Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), &mut send).await {
+            Ok(Ok(r)) => return Sent::Response(r),
+            Ok(Err((e, unsent))) => return Sent::Failed(e, unsent),
+            // The timer is armed once per exchange and looked at again only when it fires.
+            Err(_) => match slot.ended() {
+                Some(end) if end + timeout <= Instant::now() => return Sent::TimedOut,
+                Some(end) => deadline = end + timeout,
+                None => deadline = Instant::now() + timeout,
+            },
+        }
     }
 }
 

@@ -195,6 +195,13 @@ pub struct RequestBodySlot {
     pub facts: Mutex<Option<BodyFacts>>,
 }
 
+impl RequestBodySlot {
+    /// When the request body ended (or its tap was dropped), once it has.
+    pub fn ended(&self) -> Option<Instant> {
+        self.facts.lock().ok()?.as_ref()?.end
+    }
+}
+
 /// One request/response exchange.
 #[derive(Debug)]
 pub struct Exchange {
