@@ -161,7 +161,7 @@ def test_client_gives_up_before_the_response(proxy, pyserver):
     assert rec["request"]["url"] == url
     assert "response" not in rec
     assert rec["error"]["kind"] == "client_closed", rec["error"]
-    assert "gave up before the response" in rec["error"]["message"]
+    assert "went away before the response came" in rec["error"]["message"]
     assert 900 <= rec["duration_ms"] < 3000, rec["duration_ms"]
     assert "connect_ms" in rec["timings"], "the upstream connection was made"
 

@@ -7,7 +7,9 @@ trailers (or, for a call that fails at once, in the response headers)."""
 from __future__ import annotations
 
 import base64
+import json
 import struct
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -107,6 +109,14 @@ def test_grpc_error_status_is_recorded(start_proxy, grpc_server):
     assert len(answers) == 2, text
     assert answers[0].startswith(" << HTTP/2.0 200 OK ") and answers[0].endswith(" grpc OK"), text
     assert answers[1].endswith(" grpc NOT_FOUND: no such thing: fail"), text
+    # The README's jq query over the records file.
+    query = ('select(.request.headers["content-type"] // "" | startswith("application/grpc"))'
+             ' | {url: .request.url, grpc: (.response.trailers["grpc-status"] // .response.headers["grpc-status"]),'
+             ' error: .error.kind}')
+    out = subprocess.run(["jq", "-c", query, str(proxy.records_path)], capture_output=True, check=True).stdout
+    url = f"https://localhost:{grpc_server.tls_port}/{SERVICE}/Unary"
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"url": url, "grpc": "0", "error": None}, {"url": url, "grpc": "5", "error": None}]
 
 
 def test_grpc_streams_both_ways(start_proxy, grpc_server):
@@ -190,7 +200,7 @@ def test_grpc_cancelled_call_is_recorded(proxy, grpc_server, tls):
     slow = proxy.record(where=lambda r: r["request"]["url"].endswith("/Slow"))
     assert "response" not in slow, "no response came before the client gave up"
     assert slow["error"]["kind"] == "client_closed", slow["error"]
-    assert "gave up before the response" in slow["error"]["message"]
+    assert "went away before the response came" in slow["error"]["message"]
     assert 250 <= slow["duration_ms"] < 2000, slow["duration_ms"]
     assert slow["request"]["body_size"] == 5 + 4
     after = proxy.record(where=lambda r: r["request"]["url"].endswith("/Unary"))

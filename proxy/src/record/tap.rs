@@ -67,8 +67,8 @@ impl Drop for Waiting<'_> {
             } else {
                 x.fail(
                     ErrorKind::ClientClosed,
-                    "the client gave up before the response came: it closed the connection \
-                     or cancelled the request",
+                    "the client went away before the response came: it closed the \
+                     connection (or its sending side) or cancelled the request",
                 );
             }
             self.emitter.send(Record::Http(x));
