@@ -226,6 +226,18 @@ def test_client_gives_up_while_the_upstream_tls_handshake_hangs(start_proxy):
     assert 1900 <= rec["duration_ms"] < 5000, rec["duration_ms"]
 
 
+def _clean_second_record(proxy, base, first, second):
+    """The records of two exchanges, `first` and `second` (paths under `base`); the second's,
+    which must have ended well (200, no error)."""
+    recs = proxy.records(2)
+    by_path = {rec["request"]["url"].removeprefix(base): rec for rec in recs}
+    assert sorted(by_path) == sorted([first, second]), recs
+    again = by_path[second]
+    assert "error" not in again, again
+    assert again["response"]["status"] == 200
+    return again
+
+
 class _RawUpstream(_LoopbackServer):
     """A raw HTTP/1.1 upstream, for answers no real server gives on purpose: `answer(i, conn,
     method, path)` returns the bytes to send for the i-th request (from 0) on connection number
@@ -298,12 +310,7 @@ def test_kept_connection_closed_unanswered_get_is_sent_again(proxy):
         with srv.lock:
             assert [(n, m, p) for n, m, p, _ in srv.seen] == [
                 (1, "GET", "/one"), (1, "GET", "/two?x=1"), (2, "GET", "/two?x=1")]
-        recs = proxy.records(2)
-        by_path = {rec["request"]["url"].removeprefix(base): rec for rec in recs}
-        assert sorted(by_path) == ["/one", "/two?x=1"], recs
-        again = by_path["/two?x=1"]
-        assert "error" not in again, again
-        assert again["response"]["status"] == 200
+        again = _clean_second_record(proxy, base, "/one", "/two?x=1")
         assert again["response"]["body_size"] == len("GET /two?x=1 on connection 2")
         assert again["request"]["headers"]["x-trace"] == "t-77"
         # The record says what the exchange paid for: a new upstream connection.
@@ -399,12 +406,7 @@ def test_kept_http2_connection_going_away_get_is_sent_again(proxy, pki):
         assert second.http_version == "HTTP/2"
         with srv.lock:
             assert srv.seen == [(1, 1, "GET", "/one"), (1, 3, "GET", "/two"), (2, 1, "GET", "/two")]
-        recs = proxy.records(2)
-        by_path = {rec["request"]["url"].removeprefix(base): rec for rec in recs}
-        assert sorted(by_path) == ["/one", "/two"], recs
-        again = by_path["/two"]
-        assert "error" not in again, again
-        assert again["response"]["status"] == 200
+        again = _clean_second_record(proxy, base, "/one", "/two")
         assert again["response"]["http_version"] == "HTTP/2.0"
         assert again["timings"]["connect_ms"] >= 0, again["timings"]
         assert proxy.metrics()["flowtap_upstream_retries_total"] == 1

@@ -52,3 +52,31 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         .collect::<Vec<_>>()
         .join(": ")
 }
+
+/// Decodes `%XX`; a `%` not followed by two hex digits stays as is, `+` stays `+`.
+pub fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    fn hex(b: u8) -> Option<u8> {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', hi, lo]) => hex(*hi).zip(hex(*lo)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}

@@ -182,6 +182,14 @@ impl Header {
             value: value.into(),
         }
     }
+
+    /// The value of the field `name` (lower case, as records keep names) in `headers`.
+    pub fn find<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.as_str())
+    }
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]

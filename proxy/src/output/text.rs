@@ -123,13 +123,9 @@ fn other(flow: &Flow, out: &mut String) {
 /// ` grpc CODE[: message]` when the response carries a gRPC status: in its trailers, or in its
 /// headers for a call that failed at once (a trailers-only response).
 fn grpc_status(response: &Response, out: &mut String) {
-    fn find<'a>(list: &'a [Header], name: &str) -> Option<&'a str> {
-        list.iter()
-            .find(|h| h.name == name)
-            .map(|h| h.value.as_str())
-    }
-    let field =
-        |name: &str| find(&response.trailers, name).or_else(|| find(&response.headers, name));
+    let field = |name: &str| {
+        Header::find(&response.trailers, name).or_else(|| Header::find(&response.headers, name))
+    };
     let Some(code) = field("grpc-status") else {
         return;
     };
@@ -140,7 +136,11 @@ fn grpc_status(response: &Response, out: &mut String) {
     }
     if let Some(message) = field("grpc-message").filter(|m| !m.is_empty()) {
         out.push_str(": ");
-        push_clean(out, &percent_decoded(message));
+        // Percent-encoded UTF-8 (gRPC over HTTP/2, "Responses"); a bad escape is kept.
+        push_clean(
+            out,
+            &String::from_utf8_lossy(&crate::percent_decode(message.as_bytes())),
+        );
     }
 }
 
@@ -164,32 +164,6 @@ const GRPC_CODES: [&str; 17] = [
     "DATA_LOSS",
     "UNAUTHENTICATED",
 ];
-
-/// `grpc-message` is percent-encoded UTF-8 (gRPC over HTTP/2, "Responses"); a bad escape is kept
-/// as it came.
-fn percent_decoded(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 fn error_line(error: &Error, out: &mut String) {
     out.push_str(" << error ");

@@ -41,38 +41,10 @@ pub(super) fn push_fingerprint(out: &mut String, secret: &[u8]) {
 /// The fingerprint form with `<`, `>`, `=` and space percent-encoded:
 /// `%3Credacted%20len%3DN%20sha256%3DXXXXXXXX%3E`, over the `%XX`-decoded value.
 pub(super) fn push_url_fingerprint(out: &mut String, value: &str) {
-    let decoded = percent_decode(value.as_bytes());
+    let decoded = crate::percent_decode(value.as_bytes());
     out.push_str("%3Credacted%20");
     write_fingerprint_fields(out, &decoded, "%3D", "%20");
     out.push_str("%3E");
-}
-
-/// Decodes `%XX`; a `%` not followed by two hex digits stays as is, `+` stays `+`.
-fn percent_decode(bytes: &[u8]) -> Vec<u8> {
-    fn hex(b: u8) -> Option<u8> {
-        char::from(b)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    }
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = match bytes.get(i..i + 3) {
-            Some([b'%', hi, lo]) => hex(*hi).zip(hex(*lo)).map(|(h, l)| h << 4 | l),
-            _ => None,
-        };
-        match escaped {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Appends a kept identifier: bare when it is printable ASCII without space, `"`, `\`, `<`,

@@ -137,13 +137,13 @@ pub fn entry(flow: &Flow) -> Option<Entry<'_>> {
         method: &req.method,
         url: req.url.split('#').next().unwrap_or(&req.url),
         http_version: &req.http_version,
-        cookies: header(&req.headers, "cookie")
+        cookies: Header::find(&req.headers, "cookie")
             .map(request_cookies)
             .unwrap_or_default(),
         headers: name_values(&req.headers),
         query_string: query_string(&req.url),
         post_data: req.body.as_ref().map(|b| PostData {
-            mime_type: header(&req.headers, "content-type").unwrap_or(""),
+            mime_type: Header::find(&req.headers, "content-type").unwrap_or(""),
             text: &b.data,
             encoding: (b.encoding == "base64").then_some("base64"),
             truncated: b.truncated,
@@ -156,17 +156,17 @@ pub fn entry(flow: &Flow) -> Option<Entry<'_>> {
             status: r.status,
             status_text: &r.reason,
             http_version: &r.http_version,
-            cookies: header(&r.headers, "set-cookie")
+            cookies: Header::find(&r.headers, "set-cookie")
                 .map(response_cookies)
                 .unwrap_or_default(),
             headers: name_values(&r.headers),
             content: content(
                 r.body.as_ref(),
                 r.body_size,
-                header(&r.headers, "content-type"),
-                header(&r.headers, "content-encoding"),
+                Header::find(&r.headers, "content-type"),
+                Header::find(&r.headers, "content-encoding"),
             ),
-            redirect_url: header(&r.headers, "location").unwrap_or(""),
+            redirect_url: Header::find(&r.headers, "location").unwrap_or(""),
             headers_size: -1,
             body_size: size(r.body_size),
         },
@@ -294,13 +294,6 @@ pub(super) fn decoded_len(b: &Body) -> usize {
             3 => 2,
             _ => 0,
         }
-}
-
-fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|h| h.name == name)
-        .map(|h| h.value.as_str())
 }
 
 /// The record joins repeated fields into one value; `set-cookie` (joined with newlines) is

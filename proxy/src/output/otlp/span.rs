@@ -82,8 +82,11 @@ pub fn to_span(flow: &Flow, s: &SpanSettings) -> Result<SpanData, Skip> {
     span_bytes.copy_from_slice(&id[8..]);
     let span_id = SpanId::from_bytes(span_bytes);
 
-    let parent = header(&req.headers, "traceparent").and_then(|tp| {
-        parse_traceparent(tp, header(&req.headers, "tracestate").unwrap_or_default())
+    let parent = Header::find(&req.headers, "traceparent").and_then(|tp| {
+        parse_traceparent(
+            tp,
+            Header::find(&req.headers, "tracestate").unwrap_or_default(),
+        )
     });
     let (trace_id, flags, state, parent_span_id) = match &parent {
         Some(p) => (p.trace_id, p.flags, p.state.clone(), p.span_id),
@@ -133,7 +136,7 @@ pub fn to_span(flow: &Flow, s: &SpanSettings) -> Result<SpanData, Skip> {
     if let Some(v) = protocol_version(version) {
         attrs.push(KeyValue::new("network.protocol.version", v));
     }
-    if let Some(ua) = header(&req.headers, "user-agent") {
+    if let Some(ua) = Header::find(&req.headers, "user-agent") {
         attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
     }
     if let Some(n) = req.body_size {
@@ -342,13 +345,6 @@ fn strip_userinfo(url: &str) -> String {
         Some(at) => format!("{scheme}://REDACTED:REDACTED@{}", &rest[at + 1..]),
         None => url.to_string(),
     }
-}
-
-fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|h| h.name == name)
-        .map(|h| h.value.as_str())
 }
 
 /// `http.{request,response}.header.<name>`: string arrays, one element per field value for
