@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from support.clients import connect_tunnel
+from support.clients import connect_tunnel, curl
+from support.nginx import MANY_HEADERS
 from test_security_helpers import (all_records, assert_serves, assert_serves_https, connect,
                                    error_kind, one_record, raw_exchange, read_response, url_is,
                                    wait_records)
@@ -456,4 +457,58 @@ def test_h2_header_list_too_large(start_proxy, nginx):
         assert statuses != ["200"], "an oversized header list was forwarded"
     finally:
         tls.close()
+    assert_serves_https(p, nginx)
+
+
+# --- response heads: what clients take directly passes through; over flowtap's bound, a record --
+
+_CLIENT_ROUTE = {"http": ([], False), "https-h1": (["--http1.1"], True), "https-h2": (["--http2"], True)}
+
+
+def _curl_head_route(p, nginx, path: str, how: str):
+    args, tls = _CLIENT_ROUTE[how]
+    url = nginx.url(path, host="localhost", tls=tls)
+    r = curl("--proxy", p.url, "--cacert", p.ca_path, *args, "-D", "-",
+             "-w", "|%{http_code}|%{http_version}", url)
+    return r, url
+
+
+@pytest.mark.parametrize("how", list(_CLIENT_ROUTE))
+def test_large_response_heads_pass(start_proxy, nginx, how):
+    """150 header fields (hyper's default is 100) and 20 KiB of head (hyper's HTTP/2 default is
+    16 KiB) reach curl whole, as they do directly, and the record holds every field."""
+    p = start_proxy()
+    r, url = _curl_head_route(p, nginx, "/many-headers", how)
+    r.check()
+    head, _, tail = r.text.rpartition("headers\n")
+    code, version = tail.split("|")[1:]
+    assert code == "200", r.text[-500:]
+    assert version == ("2" if how == "https-h2" else "1.1")
+    for name, value in MANY_HEADERS.items():
+        assert f"{name}: {value}" in head, f"{name} missing from what curl got"
+    rec = one_record(p, url_is(url))
+    assert "error" not in rec, rec
+    got = rec["response"]["headers"]
+    assert {k: got.get(k) for k in MANY_HEADERS} == MANY_HEADERS
+    assert rec["response"]["http_version"] == ("HTTP/2.0" if how == "https-h2" else "HTTP/1.1")
+
+
+@pytest.mark.parametrize("how", list(_CLIENT_ROUTE))
+def test_response_head_over_the_bound_is_a_record(start_proxy, nginx, how):
+    """A 90 KiB response head is over what flowtap reads (64 KiB): the client gets a 502 and the
+    record names the bound (over HTTP/2, h2 refuses the stream without saying why, so the record
+    names the two possible causes), and the proxy goes on serving."""
+    p = start_proxy()
+    r, url = _curl_head_route(p, nginx, "/huge-headers", how)
+    assert r.text.endswith("|502|" + ("2" if how == "https-h2" else "1.1")), r.text[-300:]
+    rec = one_record(p, url_is(url))
+    assert "response" not in rec, rec
+    message = rec["error"]["message"]
+    if how == "https-h2":
+        assert rec["error"]["kind"] == "protocol", rec["error"]
+        assert "refused the server's HTTP/2 response: its head was over 64 KiB, or malformed" in message
+    else:
+        assert rec["error"]["kind"] == "limit", rec["error"]
+        assert "larger than flowtap reads (64 KiB, 512 header fields)" in message, message
+    assert_serves(p, nginx)
     assert_serves_https(p, nginx)

@@ -27,6 +27,16 @@ GZIP_TEXT = ("flowtap gzip line: the record shows decoded text, the client gets 
 BIG_SIZE = 100 * 1024 * 1024
 BIG1M_SIZE = 1024 * 1024
 SET_COOKIES = ("a=1; Path=/", "b=2; Path=/; HttpOnly")
+# /many-headers: more header fields than hyper's default (100) and a larger head than its HTTP/2
+# default (16 KiB), both of which clients take directly; /huge-headers: a head over 64 KiB.
+MANY_HEADERS = {f"x-many-{i:03}": f"{i:03}" + "m" * 120 for i in range(150)}
+HUGE_HEADERS = {f"x-huge-{i:02}": "h" * 3000 for i in range(30)}
+
+
+def _header_route(path: str, headers: dict) -> str:
+    adds = " ".join(f'add_header {k} "{v}" always;' for k, v in headers.items())
+    return f'        location = {path} {{ default_type text/plain; {adds} return 200 "headers\\n"; }}\n'
+
 
 ROUTES = r"""
         location = /small      { default_type text/plain; }
@@ -186,7 +196,9 @@ def start_nginx(directory: Path, pki: Pki, py_port: int) -> Nginx:
                                                      free_port())
         if len({http_port, tls_port, bad_port, short_port}) < 4:
             continue
-        routes = ROUTES % {"cookie_a": SET_COOKIES[0], "cookie_b": SET_COOKIES[1]}
+        routes = (ROUTES % {"cookie_a": SET_COOKIES[0], "cookie_b": SET_COOKIES[1]}
+                  + _header_route("/many-headers", MANY_HEADERS)
+                  + _header_route("/huge-headers", HUGE_HEADERS))
         conf = CONFIG % {
             "user": "user root;" if os.geteuid() == 0 else "",
             "dir": directory,

@@ -538,14 +538,31 @@ fn classify_send_error(slot: &RequestBodySlot, e: &hyper::Error) -> (ErrorKind, 
     if let Some(m) = client_err {
         return (ErrorKind::ClientClosed, m);
     }
-    let kind = if e.is_timeout() {
-        ErrorKind::UpstreamTimeout
-    } else if e.is_parse() || e.is_parse_status() || upstream::broke_h2(e) {
-        ErrorKind::Protocol
-    } else {
-        ErrorKind::UpstreamClosed
+    if e.is_parse_too_large() {
+        return (
+            ErrorKind::Limit,
+            format!(
+                "upstream: the response head is larger than flowtap reads ({} KiB, {} header fields): {}",
+                upstream::UPSTREAM_MAX_BUF >> 10,
+                upstream::UPSTREAM_MAX_HEADERS,
+                crate::error_chain(e)
+            ),
+        );
+    }
+    let (kind, hint) = match upstream::broke_h2(e) {
+        Some(upstream::H2Break::Response) => (
+            ErrorKind::Protocol,
+            format!(
+                " (flowtap refused the server's HTTP/2 response: its head was over {} KiB, or malformed)",
+                upstream::UPSTREAM_MAX_BUF >> 10
+            ),
+        ),
+        Some(upstream::H2Break::Connection) => (ErrorKind::Protocol, String::new()),
+        None if e.is_timeout() => (ErrorKind::UpstreamTimeout, String::new()),
+        None if e.is_parse() || e.is_parse_status() => (ErrorKind::Protocol, String::new()),
+        None => (ErrorKind::UpstreamClosed, String::new()),
     };
-    (kind, format!("upstream: {}", crate::error_chain(e)))
+    (kind, format!("upstream: {}{hint}", crate::error_chain(e)))
 }
 
 /// Records a failed exchange and answers the client with a 502 that says why.

@@ -87,13 +87,29 @@ pub fn closed_unanswered(e: &hyper::Error) -> bool {
         .unwrap_or(false)
 }
 
-/// Whether the server broke HTTP/2 itself: the proxy's side of the connection found a frame it
-/// could not accept and ended the connection (a server that does not speak HTTP/2 with prior
-/// knowledge answers an h2c preface with HTTP/1.1 bytes, say).
-pub fn broke_h2(e: &hyper::Error) -> bool {
-    crate::causes(e)
-        .find_map(|c| c.downcast_ref::<h2::Error>())
-        .is_some_and(|h2e| h2e.is_go_away() && !h2e.is_remote())
+/// Whether the server broke HTTP/2 as the proxy's side reads it: that side found a frame it could
+/// not accept and ended the connection (a server that does not speak HTTP/2 with prior knowledge
+/// answers an h2c preface with HTTP/1.1 bytes, say), or refused one response (a head over
+/// [`UPSTREAM_MAX_BUF`], or a malformed one: h2 does not say which).
+pub fn broke_h2(e: &hyper::Error) -> Option<H2Break> {
+    let h2e = crate::causes(e).find_map(|c| c.downcast_ref::<h2::Error>())?;
+    if h2e.is_remote() {
+        None
+    } else if h2e.is_go_away() {
+        Some(H2Break::Connection)
+    } else if h2e.is_reset() && h2e.reason() == Some(h2::Reason::PROTOCOL_ERROR) {
+        Some(H2Break::Response)
+    } else {
+        None
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H2Break {
+    /// The proxy ended the whole connection.
+    Connection,
+    /// The proxy refused one response: its stream was reset.
+    Response,
 }
 
 pub const ALPN_H2: &[u8] = b"h2";
@@ -460,6 +476,8 @@ where
 {
     let (sender, conn) = http1::Builder::new()
         .max_buf_size(UPSTREAM_MAX_BUF)
+        .max_header_size(UPSTREAM_MAX_BUF)
+        .max_headers(UPSTREAM_MAX_HEADERS)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| {
@@ -480,6 +498,9 @@ where
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONN_WINDOW)
+        // hyper's default, 16 KiB, refused response heads that the application takes directly
+        // (long Content-Security-Policy and Set-Cookie headers): the same bound as HTTP/1.1.
+        .max_header_list_size(UPSTREAM_MAX_BUF as u32)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| ConnectError::new(ErrorKind::UpstreamClosed, format!("HTTP/2 setup: {e}")))?;
@@ -491,9 +512,16 @@ where
     Ok(Sender::H2(sender))
 }
 
-/// Read buffer of an upstream HTTP/1.1 connection: bounds the response head and how much of a
-/// body is read ahead of the client (hyper's default is about 400 KiB per connection).
-const UPSTREAM_MAX_BUF: usize = 64 << 10;
+/// Read buffer of an upstream HTTP/1.1 connection: bounds the response head (exactly, on HTTP/1.1
+/// and HTTP/2: nginx in front of an application stops at 4-8 KiB, Node at 16 KiB) and how much of
+/// a body is read ahead of the client (hyper's default is about 400 KiB per connection).
+pub const UPSTREAM_MAX_BUF: usize = 64 << 10;
+
+/// Most header fields in one upstream HTTP/1.1 response head. hyper's default, 100, cut
+/// responses that the application takes directly (a login that sets many cookies, a CDN's
+/// debugging headers): Node accepts 2,000, Go and curl count bytes only. 512 fields still fit
+/// the 64 KiB head above; hyper sizes its parse arrays by this (64 bytes a field, per response).
+pub const UPSTREAM_MAX_HEADERS: usize = 512;
 
 /// HTTP/2 flow-control windows: large enough that a fast download is not held to one round trip
 /// per 64 KiB, small enough that a stalled reader pins at most this much per stream.
