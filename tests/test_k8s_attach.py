@@ -180,6 +180,9 @@ def test_daemonset_valuefrom_is_replaced_and_noted(attach):
     assert "localhost,127.0.0.1" in env["NO_PROXY"]["value"]
     assert ".internal" not in no_proxy_list(env), "the old NO_PROXY is replaced, not merged"
     assert 'NO_PROXY was "localhost,.internal"' in stderr
+    assert ("HTTPS_PROXY was set from valueFrom; flowtap replaces it while attached and detach puts "
+            "it back (to keep the traffic going out through that proxy, run the flowtap proxy with "
+            "--upstream-proxy set to it)") in stderr
     record = k8s.record_of(result)
     assert record["containers"]["shipper"]["env"]["HTTPS_PROXY"] == {
         "name": "HTTPS_PROXY", "valueFrom": {"configMapKeyRef": {"name": "corporate-proxy", "key": "url"}}}

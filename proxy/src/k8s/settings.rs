@@ -180,8 +180,9 @@ pub fn decide<'a>(
             s.notes.push(format!(
                 "container {name}: {var} was {before}; flowtap replaces it while attached and \
                  detach puts it back{}",
-                if var.to_ascii_lowercase().contains("proxy") {
-                    " (flowtap does not chain to another proxy)"
+                if PROXY_VARS.contains(&var.as_str()) {
+                    " (to keep the traffic going out through that proxy, run the flowtap proxy \
+                     with --upstream-proxy set to it)"
                 } else {
                     ""
                 }
