@@ -109,3 +109,25 @@ def pytest_runtest_makereport(item, call):
             rep.sections.append((f"flowtap #{i} stderr (tail)", p.stderr_text()[-5000:]))
 
 
+# --- an egress proxy for `--upstream-proxy` (support/tinyproxy.py) ---------------------------------
+UPSTREAM_PROXY_USER = "corp-egress-user"
+UPSTREAM_PROXY_PASSWORD = "s3cret-upstream-pw"
+
+
+@pytest.fixture(scope="session")
+def tinyproxy(tmp_path_factory):
+    """tinyproxy on loopback without authentication."""
+    from support.tinyproxy import start_tinyproxy
+    tp = start_tinyproxy(tmp_path_factory.mktemp("tinyproxy"))
+    yield tp
+    tp.stop()
+
+
+@pytest.fixture(scope="session")
+def tinyproxy_auth(tmp_path_factory):
+    """tinyproxy on loopback with BasicAuth UPSTREAM_PROXY_USER / UPSTREAM_PROXY_PASSWORD."""
+    from support.tinyproxy import start_tinyproxy
+    tp = start_tinyproxy(tmp_path_factory.mktemp("tinyproxy-auth"), UPSTREAM_PROXY_USER,
+                         UPSTREAM_PROXY_PASSWORD)
+    yield tp
+    tp.stop()

@@ -119,6 +119,25 @@ pub struct ProxyArgs {
     /// Do not verify upstream certificates (shown as tls.upstream_verified=false in every record).
     #[arg(long, env = "FLOWTAP_INSECURE_UPSTREAM")]
     pub insecure_upstream: bool,
+    /// Egress proxy every upstream connection goes through, http://[USER:PASS@]HOST[:PORT]
+    /// (CONNECT for TLS and tunnels, absolute-form requests for plain HTTP). Not read from
+    /// HTTP_PROXY/HTTPS_PROXY, which an attached workload points at flowtap itself.
+    #[arg(
+        long,
+        env = "FLOWTAP_UPSTREAM_PROXY",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub upstream_proxy: Option<String>,
+    /// Hosts reached directly rather than through --upstream-proxy (repeatable, or
+    /// comma-separated, as NO_PROXY): `*`, NAME or .NAME (with its subdomains), IP, CIDR.
+    #[arg(
+        long,
+        env = "FLOWTAP_UPSTREAM_NO_PROXY",
+        value_delimiter = ',',
+        value_name = "HOSTS"
+    )]
+    pub upstream_no_proxy: Vec<String>,
     /// Hosts matching this regex are not intercepted: their bytes are relayed untouched and a
     /// tunnel record is written (repeatable; not split at commas, which regexes use, so the
     /// variable holds one regex: join alternatives with |).
@@ -260,6 +279,7 @@ pub struct ProxyConfig {
     pub outputs: Vec<OutputSpec>,
     pub upstream_ca: Vec<PathBuf>,
     pub insecure_upstream: bool,
+    pub upstream_proxy: Option<crate::upstream::via::UpstreamProxy>,
     pub ignore_hosts: Vec<Regex>,
     pub capture: CaptureMode,
     pub body_limit: usize,
@@ -366,6 +386,17 @@ impl ProxyConfig {
                 ));
             }
         }
+        let no_proxy = crate::upstream::via::NoProxy::parse(&a.upstream_no_proxy)
+            .map_err(|m| bad("--upstream-no-proxy", m))?;
+        if a.upstream_proxy.is_none() && !a.upstream_no_proxy.is_empty() {
+            return Err(bad("--upstream-no-proxy", "given without --upstream-proxy"));
+        }
+        let upstream_proxy = a
+            .upstream_proxy
+            .as_deref()
+            .map(|u| crate::upstream::via::UpstreamProxy::parse(u, no_proxy))
+            .transpose()
+            .map_err(|m| bad("--upstream-proxy", m))?;
         let body_limit = parse_size(&a.body_limit).map_err(|m| bad("--body-limit", m))?;
         let stdout_line_limit =
             parse_size(&a.stdout_line_limit).map_err(|m| bad("--stdout-line-limit", m))?;
@@ -391,6 +422,7 @@ impl ProxyConfig {
             outputs,
             upstream_ca: a.upstream_ca,
             insecure_upstream: a.insecure_upstream,
+            upstream_proxy,
             ignore_hosts,
             capture: match a.capture_bodies {
                 CaptureArg::None => CaptureMode::None,

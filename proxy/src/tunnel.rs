@@ -2,7 +2,7 @@
 
 use crate::http::Shared;
 use crate::record::{ConnInfo, Record, ServerFacts, TlsFacts, TunnelRecord};
-use crate::upstream::{connect_tcp, Target};
+use crate::upstream::{open, Target};
 use flowtap_schema::ErrorKind;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -137,9 +137,12 @@ pub async fn relay<C>(
         ip: target.addr,
     };
     let timeout = shared.config.upstream_timeout;
-    let (pumped, error) = match connect_tcp(&target.host, target.port, target.addr, timeout).await {
-        Ok((stream, addr, _, _)) => {
-            server.ip = Some(addr.ip());
+    let via =
+        (shared.config.upstream_proxy.as_ref()).filter(|v| v.applies(&target.host, target.addr));
+    let (pumped, error) = match open(&target, via, timeout).await {
+        Ok((stream, ip, _, _)) => {
+            // Through an egress proxy the server's address is not known.
+            server.ip = ip;
             let p = pump(client, stream, shared.config.limits.idle_timeout).await;
             let e = p.error.clone();
             (Some(p), e)

@@ -246,6 +246,7 @@ impl Session {
             target,
             &alpn,
             self.shared.config.upstream_timeout,
+            self.shared.config.upstream_proxy.as_ref(),
         ));
         let mut c = connect.await?;
         if let Some(shared) = c.share_without_timings() {
@@ -336,15 +337,14 @@ async fn forward(
             Ok(c) => c,
             Err(e) => return fail(&session, x.take(), e.kind, e.message),
         };
-        x.server.ip = Some(conn.ip);
+        x.server.ip = conn.ip;
         x.connect = conn.timings.take();
         x.upstream_tls_version = conn.tls_version;
         x.upstream_ready = Some(Instant::now());
-        let h2 = conn.sender.is_h2();
         upstream_head(
             &session,
             &mut parts,
-            h2,
+            &conn,
             &target,
             &authority,
             pq.clone(),
@@ -401,6 +401,20 @@ async fn forward(
             )
         }
     };
+    // The egress proxy refusing flowtap's credentials is not the client's to answer: its 407
+    // would ask the client for credentials it never gave.
+    if conn.absolute && resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        let name = (shared.config.upstream_proxy.as_ref()).map_or_else(String::new, |v| v.name());
+        // The authority only: a URL's query may carry secrets, and messages are not redacted.
+        let message = format!(
+            "upstream proxy {name} answered the request to {}:{} with {}{}",
+            target.host,
+            target.port,
+            resp.status(),
+            upstream::via::auth_hint(407)
+        );
+        return fail(&session, x.take(), ErrorKind::UpstreamConnect, message);
+    }
     x.response_at = Some(Instant::now());
     x.response = Some(ResponseHead {
         status: resp.status(),
@@ -426,19 +440,20 @@ async fn forward(
     hyper::Response::from_parts(rparts, Either::Left(tap))
 }
 
-/// The request head as it goes to a connection speaking HTTP/2 (`h2`) or HTTP/1.1: hop-by-hop
-/// fields stripped, and the target in the form that protocol wants.
+/// The request head as it goes to `conn`, speaking HTTP/2 or HTTP/1.1: hop-by-hop fields
+/// stripped, and the target in the form that protocol wants (to an egress proxy, the absolute
+/// form and flowtap's credentials).
 fn upstream_head(
     session: &Session,
     parts: &mut http::request::Parts,
-    h2: bool,
+    conn: &Connection,
     target: &Target,
     authority: &Authority,
     pq: PathAndQuery,
     upgrade: bool,
 ) {
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    if h2 {
+    if conn.sender.is_h2() {
         parts.version = Version::HTTP_2;
         parts.headers.remove(http::header::HOST);
         let scheme = if target.tls { "https" } else { "http" };
@@ -464,7 +479,27 @@ fn upstream_head(
                 parts.headers.insert(http::header::HOST, v);
             }
         }
-        parts.uri = Uri::from(pq);
+        let via = conn
+            .absolute
+            .then_some(session.shared.config.upstream_proxy.as_ref())
+            .flatten();
+        parts.uri = match via {
+            // To an egress proxy: the absolute form, and flowtap's own credentials.
+            Some(via) => {
+                if let Some(auth) = &via.auth {
+                    parts
+                        .headers
+                        .insert(http::header::PROXY_AUTHORIZATION, auth.clone());
+                }
+                Uri::builder()
+                    .scheme("http")
+                    .authority(authority.clone())
+                    .path_and_query(pq)
+                    .build()
+                    .unwrap_or_default()
+            }
+            None => Uri::from(pq),
+        };
     }
 }
 

@@ -129,6 +129,7 @@ where
                 &target,
                 &upstream_offer,
                 shared.config.upstream_timeout,
+                shared.config.upstream_proxy.as_ref(),
             )
             .await,
         )

@@ -3,6 +3,7 @@
 
 pub mod pool;
 pub mod tracked;
+pub mod via;
 
 use crate::record::tap::RequestTap;
 use crate::record::ConnectTimings;
@@ -154,7 +155,10 @@ impl Sender {
 /// An established upstream connection and what was learnt opening it.
 pub struct Connection {
     pub sender: Sender,
-    pub ip: IpAddr,
+    /// The server's address; `None` through an egress proxy (`--upstream-proxy`).
+    pub ip: Option<IpAddr>,
+    /// Requests go to an egress proxy in absolute form (plain HTTP/1.1 through `--upstream-proxy`).
+    pub absolute: bool,
     /// Taken by the first exchange on the connection, which is the one that paid for it.
     pub timings: Option<ConnectTimings>,
     pub alpn: Option<Vec<u8>>,
@@ -171,6 +175,7 @@ impl Connection {
             Sender::H2(s) => Some(Connection {
                 sender: Sender::H2(s.clone()),
                 ip: self.ip,
+                absolute: self.absolute,
                 timings: self.timings.take(),
                 alpn: self.alpn.clone(),
                 offered: self.offered.clone(),
@@ -354,6 +359,27 @@ pub async fn connect_tcp(
     ))
 }
 
+/// A byte stream to `target`: a TCP connection, or a `CONNECT` tunnel through `via` when it
+/// applies (checked by the caller). The server's address (`None` through a tunnel), name lookup
+/// and connect times.
+pub async fn open(
+    target: &Target,
+    via: Option<&via::UpstreamProxy>,
+    timeout: Duration,
+) -> Result<(tracked::Tracked, Option<IpAddr>, Option<Duration>, Duration), ConnectError> {
+    match via {
+        Some(v) => {
+            let (s, dns, connect) = v.tunnel(&target.host, target.port, timeout).await?;
+            Ok((s, None, dns, connect))
+        }
+        None => {
+            let (s, addr, dns, connect) =
+                connect_tcp(&target.host, target.port, target.addr, timeout).await?;
+            Ok((s, Some(addr.ip()), dns, connect))
+        }
+    }
+}
+
 fn tls_version(v: Option<rustls::ProtocolVersion>) -> Option<&'static str> {
     match v? {
         rustls::ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
@@ -390,28 +416,40 @@ impl Target {
 /// Opens a connection to `target`, offering `alpn` when it is TLS, and starts its hyper client.
 /// On a plain-text connection an offer led by `h2` means HTTP/2 with prior knowledge (h2c), as
 /// a client that spoke h2c itself asks for; otherwise plain text is HTTP/1.1.
+/// Through `via` (`--upstream-proxy`) unless its no-proxy list names the target: plain HTTP/1.1
+/// then goes to the egress proxy itself (requests in absolute form), the rest through `CONNECT`.
 pub async fn connect(
     tls: &UpstreamTls,
     target: &Target,
     alpn: &[Vec<u8>],
     timeout: Duration,
+    via: Option<&via::UpstreamProxy>,
 ) -> Result<Connection, ConnectError> {
-    let (tcp, addr, dns, connect) =
-        connect_tcp(&target.host, target.port, target.addr, timeout).await?;
+    let h2c = alpn.first().is_some_and(|p| p == ALPN_H2);
+    let via = via.filter(|v| v.applies(&target.host, target.addr));
+    let absolute = via.is_some() && !target.tls && !h2c;
+    let (tcp, ip, dns, connect) = match via {
+        Some(v) if absolute => {
+            let (s, _, dns, connect) = v.connect(timeout).await?;
+            (s, None, dns, connect)
+        }
+        _ => open(target, via, timeout).await?,
+    };
     let mut timings = ConnectTimings {
         dns,
         connect,
         tls: None,
     };
     if !target.tls {
-        let sender = if alpn.first().is_some_and(|p| p == ALPN_H2) {
+        let sender = if h2c {
             handshake_h2(tcp).await?
         } else {
             handshake_h1(tcp).await?
         };
         return Ok(Connection {
             sender,
-            ip: addr.ip(),
+            ip,
+            absolute,
             timings: Some(timings),
             alpn: None,
             offered: alpn.to_vec(),
@@ -462,7 +500,8 @@ pub async fn connect(
     };
     Ok(Connection {
         sender,
-        ip: addr.ip(),
+        ip,
+        absolute: false,
         timings: Some(timings),
         alpn: negotiated,
         offered: alpn.to_vec(),

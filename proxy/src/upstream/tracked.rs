@@ -67,6 +67,12 @@ impl Tracked {
         self.read_ahead = true;
         self
     }
+
+    /// Bytes waiting in the socket, left there (before any read-ahead is turned on).
+    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        debug_assert!(self.ahead.is_none());
+        self.inner.peek(buf).await
+    }
 }
 
 impl Drop for Tracked {
