@@ -9,6 +9,7 @@ import ipaddress
 import ssl
 
 import httpx
+import pytest
 import requests
 from cryptography import x509
 
@@ -182,6 +183,43 @@ def test_ignored_host_is_relayed_untouched(start_proxy, nginx, pki):
     assert rec2["tls"]["intercepted"] is True
     assert rec2["request"]["url"] == url2
     assert proxy.metrics()["flowtap_leaf_certificates_minted_total"] == 1
+
+
+@pytest.mark.parametrize("version", ["--http1.1", "--http2"])
+def test_client_certificate_server_is_relayed_untouched(proxy, nginx, pki, version):
+    """A server that asks for a client certificate (mutual TLS) gets the client's own TLS: the
+    client presents its certificate to the real server, as without the proxy (flowtap has none
+    to present for it), and a tunnel record says why it was not intercepted."""
+    url = nginx.url("/whoami", host="localhost", mtls=True)
+    r = curl("--proxy", proxy.url, "--cacert", pki.server_ca, "--cert", pki.client_cert,
+             "--key", pki.client_key, version, url).check()
+    assert r.text.startswith("client ") and "CN=flowtap test client" in r.text, r.text
+    rec = proxy.record(where=lambda r: r["kind"] == "tunnel")
+    assert rec["tls"] == {"intercepted": False, "sni": "localhost", "client_cert_requested": True,
+                          "client_alpn": ["h2", "http/1.1"] if version == "--http2" else ["http/1.1"]}
+    assert rec["server"]["host"] == "localhost" and rec["server"]["port"] == nginx.mtls_port
+    assert rec["server"]["ip"] in LOOPBACK_IPS
+    assert rec["bytes_up"] > 0 and rec["bytes_down"] > 0
+    assert "error" not in rec and "request" not in rec
+    # Other servers are intercepted as before, and their records do not carry the field.
+    curl("--proxy", proxy.url, "--cacert", proxy.ca_path, "-o", "/dev/null",
+         nginx.url("/small", host="localhost", tls=True)).check()
+    rec = proxy.record(where=lambda r: r["kind"] == "http")
+    assert rec["tls"]["intercepted"] is True and "client_cert_requested" not in rec["tls"]
+
+
+def test_client_certificate_server_intercepted_on_request(start_proxy, nginx, pki):
+    """--client-cert-servers intercept: for servers that ask but do not require a certificate.
+    flowtap presents none; this nginx requires one and answers 400, which the record shows,
+    with the fact that it asked."""
+    proxy = start_proxy("--client-cert-servers", "intercept")
+    url = nginx.url("/whoami", host="localhost", mtls=True)
+    r = curl("--proxy", proxy.url, "--cacert", proxy.ca_path, "-o", "/dev/null", "-w",
+             "%{http_code}", url).check()
+    assert r.text == "400"
+    rec = proxy.record(where=lambda r: r["kind"] == "http")
+    assert rec["response"]["status"] == 400
+    assert rec["tls"]["intercepted"] is True and rec["tls"]["client_cert_requested"] is True
 
 
 def test_intercepted_host_rejected_with_server_ca_only(proxy, nginx, pki):

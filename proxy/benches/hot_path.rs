@@ -107,6 +107,7 @@ fn benches(c: &mut Criterion) {
         client_version: Some("TLSv1.3"),
         server_version: Some("TLSv1.3"),
         upstream_verified: Some(true),
+        client_cert_requested: false,
     });
     let redactor = Redactor::new(&RedactorConfig::default());
     let flow = to_flow(exchange(&conn, &tls), &redactor);

@@ -71,6 +71,15 @@ pub struct CaInitArgs {
     pub dir: PathBuf,
 }
 
+/// What to do with a server that asks for a client certificate (`--client-cert-servers`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClientCertServers {
+    /// Relay the client's TLS untouched, so the client presents its own certificate.
+    Relay,
+    /// Intercept anyway; flowtap presents no certificate (for servers that only ask).
+    Intercept,
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CaptureArg {
     None,
@@ -138,6 +147,17 @@ pub struct ProxyArgs {
         value_name = "HOSTS"
     )]
     pub upstream_no_proxy: Vec<String>,
+    /// Servers that ask for a client certificate during TLS (mutual TLS): relay the client's TLS
+    /// untouched, so it presents its own certificate (a tunnel record with
+    /// tls.client_cert_requested), or intercept anyway, presenting none (for servers that ask
+    /// but do not require one, such as the Kubernetes API server).
+    #[arg(
+        long,
+        env = "FLOWTAP_CLIENT_CERT_SERVERS",
+        value_enum,
+        default_value = "relay"
+    )]
+    pub client_cert_servers: ClientCertServers,
     /// Hosts matching this regex are not intercepted: their bytes are relayed untouched and a
     /// tunnel record is written (repeatable; not split at commas, which regexes use, so the
     /// variable holds one regex: join alternatives with |).
@@ -280,6 +300,7 @@ pub struct ProxyConfig {
     pub upstream_ca: Vec<PathBuf>,
     pub insecure_upstream: bool,
     pub upstream_proxy: Option<crate::upstream::via::UpstreamProxy>,
+    pub client_cert_servers: ClientCertServers,
     pub ignore_hosts: Vec<Regex>,
     pub capture: CaptureMode,
     pub body_limit: usize,
@@ -423,6 +444,7 @@ impl ProxyConfig {
             upstream_ca: a.upstream_ca,
             insecure_upstream: a.insecure_upstream,
             upstream_proxy,
+            client_cert_servers: a.client_cert_servers,
             ignore_hosts,
             capture: match a.capture_bodies {
                 CaptureArg::None => CaptureMode::None,

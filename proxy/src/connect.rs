@@ -196,7 +196,8 @@ where
     let sni = (protocol == Protocol::Tls)
         .then(|| client_hello_sni(&buf))
         .flatten();
-    let io = Prefixed::new(Bytes::from(buf), io);
+    let first = Bytes::from(buf);
+    let io = Prefixed::new(first.clone(), io);
     let shared = session.shared.clone();
     let conn = session.conn.clone();
 
@@ -241,6 +242,8 @@ where
                 rewrite_host: reverse,
                 no_sni_name,
                 plain,
+                // A reverse proxy's clients talk to flowtap, not to the upstream's TLS.
+                replay: (!reverse).then_some(first),
             };
             crate::tls::intercept(shared, conn, io, plan).await
         }

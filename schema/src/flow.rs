@@ -109,6 +109,11 @@ pub struct Tls {
     #[prost(string, repeated, tag = "7")]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub client_alpn: Vec<String>,
+    /// The server asked for a client certificate, which flowtap cannot present for the client,
+    /// so the connection was relayed untouched (`intercepted: false`).
+    #[prost(bool, optional, tag = "8")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_requested: Option<bool>,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]

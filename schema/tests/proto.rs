@@ -70,6 +70,7 @@ fn full_flow() -> Flow {
             server_version: "server_version".into(),
             upstream_verified: Some(false),
             client_alpn: vec!["h2".into(), "http/1.1".into()],
+            client_cert_requested: Some(true),
         }),
         request: Some(Request {
             method: "method".into(),
@@ -120,6 +121,7 @@ fn zero_flow() -> Flow {
         tls: Some(Tls {
             intercepted: Some(false),
             upstream_verified: Some(false),
+            client_cert_requested: Some(false),
             ..Tls::default()
         }),
         request: Some(Request {

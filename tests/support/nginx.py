@@ -1,7 +1,8 @@
 """nginx on loopback from its own temporary configuration (never the system one): a plain HTTP
 port, a TLS port with HTTP/2 and HTTP/1.1 by ALPN (test server CA), and a TLS port whose
 certificate comes from an untrusted CA, and a TLS port that ends each connection after 10
-requests (an HTTP/2 GOAWAY while other streams are in flight). Static files are made here; /upload and /echo are passed
+requests (an HTTP/2 GOAWAY while other streams are in flight), and a TLS port that requires a
+client certificate (mutual TLS, /whoami). Static files are made here; /upload and /echo are passed
 to the Python upstream so uploads also work over TLS and HTTP/2."""
 
 from __future__ import annotations
@@ -101,6 +102,16 @@ http {
         root %(dir)s/www;
 %(routes)s
     }
+    # Mutual TLS: a client certificate from the test server CA is required.
+    server {
+%(listen_mtls)s
+        server_name localhost;
+        ssl_certificate %(cert)s;
+        ssl_certificate_key %(key)s;
+        ssl_client_certificate %(client_ca)s;
+        ssl_verify_client on;
+        location = /whoami { default_type text/plain; return 200 "client $ssl_client_s_dn\n"; }
+    }
     # Ends every connection after 10 requests: on HTTP/2, a GOAWAY while others are in flight.
     server {
 %(listen_short)s
@@ -124,9 +135,12 @@ class Nginx:
     short_tls_port: int
     proc: subprocess.Popen | None = None
     files: dict = field(default_factory=dict)   # path -> (size, sha256 hex) of served bytes
+    mtls_port: int = 0                          # requires a client certificate (pki.client_cert)
 
     def url(self, path: str, host: str = "127.0.0.1", tls: bool = False, bad: bool = False,
-            short: bool = False) -> str:
+            short: bool = False, mtls: bool = False) -> str:
+        if mtls:
+            return f"https://{host}:{self.mtls_port}{path}"
         if short:
             return f"https://{host}:{self.short_tls_port}{path}"
         if bad:
@@ -192,9 +206,8 @@ def start_nginx(directory: Path, pki: Pki, py_port: int) -> Nginx:
     v6 = ipv6_loopback()
     last_err = ""
     for _attempt in range(3):
-        http_port, tls_port, bad_port, short_port = (free_port(), free_port(), free_port(),
-                                                     free_port())
-        if len({http_port, tls_port, bad_port, short_port}) < 4:
+        http_port, tls_port, bad_port, short_port, mtls_port = (free_port() for _ in range(5))
+        if len({http_port, tls_port, bad_port, short_port, mtls_port}) < 5:
             continue
         routes = (ROUTES % {"cookie_a": SET_COOKIES[0], "cookie_b": SET_COOKIES[1]}
                   + _header_route("/many-headers", MANY_HEADERS)
@@ -206,6 +219,8 @@ def start_nginx(directory: Path, pki: Pki, py_port: int) -> Nginx:
             "listen_main": _listen(http_port, False, v6) + "\n" + _listen(tls_port, True, v6),
             "listen_bad": _listen(bad_port, True, v6),
             "listen_short": _listen(short_port, True, v6),
+            "listen_mtls": _listen(mtls_port, True, v6),
+            "client_ca": pki.server_ca,
             "cert": pki.server_cert, "key": pki.server_key,
             "bad_cert": pki.bad_cert, "bad_key": pki.bad_key,
             "routes": routes,
@@ -218,9 +233,9 @@ def start_nginx(directory: Path, pki: Pki, py_port: int) -> Nginx:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
         )
         stderr.close()
-        ng = Nginx(directory, http_port, tls_port, bad_port, short_port, proc, files)
+        ng = Nginx(directory, http_port, tls_port, bad_port, short_port, proc, files, mtls_port)
         try:
-            for port in (http_port, tls_port, bad_port, short_port):
+            for port in (http_port, tls_port, bad_port, short_port, mtls_port):
                 deadline = time.monotonic() + 10
                 while True:
                     if proc.poll() is not None:

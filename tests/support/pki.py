@@ -25,6 +25,8 @@ class Pki:
     bad_ca: Path           # never trusted unless a test says so
     bad_cert: Path         # leaf for the same names, signed by bad_ca
     bad_key: Path
+    client_cert: Path      # a client certificate (mutual TLS), signed by server_ca
+    client_key: Path
 
 
 def _name(cn: str) -> x509.Name:
@@ -65,7 +67,7 @@ def _make_ca(cn: str):
     return key, cert
 
 
-def _make_leaf(ca_key, ca_cert, cn: str):
+def _make_leaf(ca_key, ca_cert, cn: str, usage=ExtendedKeyUsageOID.SERVER_AUTH):
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
     sans = [x509.DNSName(n) for n in LEAF_NAMES] + [
@@ -84,7 +86,7 @@ def _make_leaf(ca_key, ca_cert, cn: str):
             digital_signature=True, content_commitment=False, key_encipherment=False,
             data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
             encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                        critical=False)
@@ -106,6 +108,8 @@ def make_pki(directory: Path) -> Pki:
         bad_ca=directory / "bad-ca.pem",
         bad_cert=directory / "bad.pem",
         bad_key=directory / "bad-key.pem",
+        client_cert=directory / "client.pem",
+        client_key=directory / "client-key.pem",
     )
     ca_key, ca = _make_ca("flowtap test server CA")
     leaf_key, leaf = _make_leaf(ca_key, ca, "localhost")
@@ -118,6 +122,10 @@ def make_pki(directory: Path) -> Pki:
     paths.bad_ca.write_bytes(_pem(bad_ca))
     paths.bad_cert.write_bytes(_pem(bad_leaf))
     _write_key(bad_key, paths.bad_key)
+
+    client_key, client = _make_leaf(ca_key, ca, "flowtap test client", ExtendedKeyUsageOID.CLIENT_AUTH)
+    paths.client_cert.write_bytes(_pem(client))
+    _write_key(client_key, paths.client_key)
     return paths
 
 

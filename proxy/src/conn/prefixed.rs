@@ -9,11 +9,27 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct Prefixed<T> {
     prefix: Bytes,
     inner: T,
+    /// Whether any read went past the prefix to the stream itself.
+    read_inner: bool,
 }
 
 impl<T> Prefixed<T> {
     pub fn new(prefix: Bytes, inner: T) -> Self {
-        Prefixed { prefix, inner }
+        Prefixed {
+            prefix,
+            inner,
+            read_inner: false,
+        }
+    }
+
+    /// Whether every byte read so far came from the prefix: then the prefix as it was given,
+    /// followed by [`Prefixed::into_inner`], is the stream from its start.
+    pub fn read_only_prefix(&self) -> bool {
+        !self.read_inner
+    }
+
+    pub fn into_inner(self) -> T {
+        self.inner
     }
 }
 
@@ -29,6 +45,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
+        self.read_inner = true;
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }

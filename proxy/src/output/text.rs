@@ -93,6 +93,13 @@ fn tunnel(flow: &Flow, out: &mut String) {
         .is_some_and(|tls| tls.intercepted != Some(true))
     {
         out.push_str(", tls not intercepted");
+        if flow
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_cert_requested == Some(true))
+        {
+            out.push_str(": the server asked for a client certificate");
+        }
     }
     let _ = writeln!(
         out,
@@ -501,6 +508,11 @@ mod tests {
         assert_eq!(
             text(&flow, true),
             "10.0.0.7:51240: CONNECT pinned.example:443 (tunnel, tls not intercepted) ↑1.9k ↓4.6k\n"
+        );
+        flow.tls.as_mut().unwrap().client_cert_requested = Some(true);
+        assert_eq!(
+            text(&flow, true),
+            "10.0.0.7:51240: CONNECT pinned.example:443 (tunnel, tls not intercepted: the server asked for a client certificate) ↑1.9k ↓4.6k\n"
         );
         flow.tls = None;
         flow.bytes_down = None;

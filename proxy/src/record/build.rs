@@ -199,6 +199,7 @@ fn tls_section(t: &TlsFacts) -> schema::Tls {
         server_version: t.server_version.unwrap_or_default().to_string(),
         upstream_verified: t.upstream_verified,
         client_alpn: t.client_alpn.clone(),
+        client_cert_requested: t.client_cert_requested.then_some(true),
     }
 }
 

@@ -70,6 +70,8 @@ pub struct TlsFacts {
     pub client_version: Option<&'static str>,
     pub server_version: Option<&'static str>,
     pub upstream_verified: Option<bool>,
+    /// The server asked for a client certificate (the connection was then relayed untouched).
+    pub client_cert_requested: bool,
 }
 
 /// The server as the client named it, and the address actually used.

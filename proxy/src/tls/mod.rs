@@ -4,12 +4,15 @@
 pub mod ca;
 pub mod leaf;
 
+use crate::config::ClientCertServers;
+use crate::conn::prefixed::Prefixed;
 use crate::conn::{serve_http, HttpProtocol};
 use crate::connect::{authority_string, began_now, record_tunnel_error};
 use crate::http::{PlainUpstream, Route, Scheme, Session, Shared};
 use crate::record::{ConnInfo, TlsFacts};
 use crate::upstream::{self, Target, ALPN_H1, ALPN_H2};
 
+use bytes::Bytes;
 use flowtap_schema::ErrorKind;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,9 +67,13 @@ pub struct Plan {
     pub no_sni_name: Option<String>,
     /// How a plain-text `target` is spoken to (reverse mode).
     pub plain: PlainUpstream,
+    /// The client's first bytes (its ClientHello), to relay its TLS untouched after all when the
+    /// server asks for a client certificate (`--client-cert-servers relay`); `None` in reverse
+    /// mode, whose clients end their TLS at flowtap.
+    pub replay: Option<Bytes>,
 }
 
-pub async fn intercept<IO>(shared: Arc<Shared>, conn: Arc<ConnInfo>, io: IO, plan: Plan)
+pub async fn intercept<IO>(shared: Arc<Shared>, conn: Arc<ConnInfo>, io: Prefixed<IO>, plan: Plan)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -76,6 +83,7 @@ where
         rewrite_host,
         no_sni_name,
         plain,
+        replay,
     } = plan;
     let host = target.host.clone();
     let port = target.port;
@@ -150,6 +158,37 @@ where
         },
     };
 
+    // A server that asks for a client certificate (mutual TLS) gets the client's own TLS,
+    // untouched, so the client can present its certificate: flowtap has none to present for it.
+    // Possible while the ClientHello is all that was read from the client.
+    let asked = matches!(&upstream, Some(Ok(c)) if c.client_cert_requested);
+    if let (true, Some(hello), ClientCertServers::Relay) =
+        (asked, &replay, shared.config.client_cert_servers)
+    {
+        if start.io.read_only_prefix() {
+            drop(upstream);
+            tracing::info!(%host, port, "the server asked for a client certificate: relaying the client's TLS untouched (--client-cert-servers)");
+            let facts = TlsFacts {
+                intercepted: false,
+                sni,
+                client_alpn: offered
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect(),
+                client_cert_requested: true,
+                ..Default::default()
+            };
+            let client = Prefixed::new(hello.clone(), start.io.into_inner());
+            let target = Target {
+                tls: false,
+                sni: None,
+                ..target
+            };
+            crate::tunnel::relay(shared, conn, client, target, Some(Arc::new(facts))).await;
+            return;
+        }
+    }
+
     let leaf_host = sni.clone().or(no_sni_name).unwrap_or_else(|| host.clone());
     let config = match shared
         .leaves
@@ -179,6 +218,7 @@ where
             .and_then(|u| u.as_ref().ok())
             .and_then(|c| c.tls_version),
         upstream_verified: target.tls.then_some(shared.upstream_tls.verified),
+        client_cert_requested: asked,
     };
     let stream =
         match tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
