@@ -86,13 +86,41 @@ def test_response_timeout(start_proxy, pyserver):
     assert "within 1s of the request's end (--response-timeout)" in rec["error"]["message"]
 
 
-def test_bad_upstream_certificate(proxy, nginx):
+def test_bad_upstream_certificate_fails_on_request(start_proxy, nginx):
+    """--upstream-tls-errors fail: a certificate flowtap does not trust is a 502 for every
+    request, and an upstream_tls record that says how to trust it."""
+    proxy = start_proxy("--upstream-tls-errors", "fail")
     url = nginx.url("/small", host="localhost", bad=True)
     r = curl("--proxy", proxy.url, "--cacert", proxy.ca_path, "-w", W502, url).check()
     assert_502(r)
     rec = proxy.record()
     assert_failed_record(rec, "upstream_tls", url)
     assert rec["server"]["port"] == nginx.bad_tls_port
+    assert "UnknownIssuer (signed by a CA flowtap does not trust: give it with --upstream-ca)" \
+        in rec["error"]["message"]
+
+
+def test_bad_upstream_certificate_is_left_to_the_client(proxy, nginx, pki):
+    """By default, when flowtap's own TLS handshake with the server fails, the client's TLS goes
+    to the server untouched and the client decides, as without the proxy: a client that trusts
+    the server's (private) CA itself gets its answer, one that does not gets a certificate
+    error from the real server's certificate. The tunnel records say why flowtap stood aside."""
+    url = nginx.url("/small", host="localhost", bad=True)
+    r = curl("--proxy", proxy.url, "--cacert", pki.bad_ca, url).check()
+    assert r.out == SMALL_BODY
+    r = curl("--proxy", proxy.url, "--cacert", proxy.ca_path, url)
+    assert r.rc == 60, f"the real server's certificate, checked by the client: {r.rc} {r.err}"
+    recs = proxy.records(where=lambda r: r["kind"] == "tunnel", count=2)
+    for rec in recs:
+        assert rec["tls"]["intercepted"] is False
+        assert rec["tls"]["sni"] == "localhost"
+        assert rec["server"]["port"] == nginx.bad_tls_port
+        assert rec["tls"]["upstream_error"] == (
+            f"TLS handshake with localhost:{nginx.bad_tls_port} failed: invalid peer certificate: "
+            "UnknownIssuer (signed by a CA flowtap does not trust: give it with --upstream-ca)")
+        assert rec["bytes_up"] > 0 and rec["bytes_down"] > 0
+    assert "error" not in recs[0], "the exchange the client accepted is not a failure"
+    assert not proxy.records(where=lambda r: r["kind"] == "http", count=0)
 
 
 def test_bad_upstream_certificate_trusted_with_upstream_ca(start_proxy, nginx, pki):

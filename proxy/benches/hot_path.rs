@@ -108,6 +108,7 @@ fn benches(c: &mut Criterion) {
         server_version: Some("TLSv1.3"),
         upstream_verified: Some(true),
         client_cert_requested: false,
+        upstream_error: None,
     });
     let redactor = Redactor::new(&RedactorConfig::default());
     let flow = to_flow(exchange(&conn, &tls), &redactor);

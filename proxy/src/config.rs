@@ -71,6 +71,15 @@ pub struct CaInitArgs {
     pub dir: PathBuf,
 }
 
+/// What to do when flowtap's TLS handshake with a server fails (`--upstream-tls-errors`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UpstreamTlsErrors {
+    /// Relay the client's TLS untouched: the client decides, as without the proxy.
+    Relay,
+    /// Intercept the client and answer each request 502, with an upstream_tls record.
+    Fail,
+}
+
 /// What to do with a server that asks for a client certificate (`--client-cert-servers`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ClientCertServers {
@@ -158,6 +167,17 @@ pub struct ProxyArgs {
         default_value = "relay"
     )]
     pub client_cert_servers: ClientCertServers,
+    /// When flowtap's own TLS handshake with a server fails (a certificate it does not trust or
+    /// finds invalid, no TLS version or cipher suite in common): relay the client's TLS untouched,
+    /// so the client decides as without the proxy (a tunnel record with tls.upstream_error), or
+    /// fail, answering each request 502 with an upstream_tls record.
+    #[arg(
+        long,
+        env = "FLOWTAP_UPSTREAM_TLS_ERRORS",
+        value_enum,
+        default_value = "relay"
+    )]
+    pub upstream_tls_errors: UpstreamTlsErrors,
     /// Hosts matching this regex are not intercepted: their bytes are relayed untouched and a
     /// tunnel record is written (repeatable; not split at commas, which regexes use, so the
     /// variable holds one regex: join alternatives with |).
@@ -301,6 +321,7 @@ pub struct ProxyConfig {
     pub insecure_upstream: bool,
     pub upstream_proxy: Option<crate::upstream::via::UpstreamProxy>,
     pub client_cert_servers: ClientCertServers,
+    pub upstream_tls_errors: UpstreamTlsErrors,
     pub ignore_hosts: Vec<Regex>,
     pub capture: CaptureMode,
     pub body_limit: usize,
@@ -445,6 +466,7 @@ impl ProxyConfig {
             insecure_upstream: a.insecure_upstream,
             upstream_proxy,
             client_cert_servers: a.client_cert_servers,
+            upstream_tls_errors: a.upstream_tls_errors,
             ignore_hosts,
             capture: match a.capture_bodies {
                 CaptureArg::None => CaptureMode::None,

@@ -114,6 +114,11 @@ pub struct Tls {
     #[prost(bool, optional, tag = "8")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert_requested: Option<bool>,
+    /// Why flowtap's own TLS handshake with the server failed, when the client's TLS was then
+    /// relayed untouched (`intercepted: false`) so that the client decides, as without the proxy.
+    #[prost(string, tag = "9")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub upstream_error: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]

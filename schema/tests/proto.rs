@@ -71,6 +71,7 @@ fn full_flow() -> Flow {
             upstream_verified: Some(false),
             client_alpn: vec!["h2".into(), "http/1.1".into()],
             client_cert_requested: Some(true),
+            upstream_error: "upstream_error".into(),
         }),
         request: Some(Request {
             method: "method".into(),

@@ -100,6 +100,10 @@ fn tunnel(flow: &Flow, out: &mut String) {
         {
             out.push_str(": the server asked for a client certificate");
         }
+        if let Some(e) = flow.tls.as_ref().filter(|t| !t.upstream_error.is_empty()) {
+            out.push_str(": flowtap's TLS with the server failed: ");
+            push_clean(out, &e.upstream_error);
+        }
     }
     let _ = writeln!(
         out,

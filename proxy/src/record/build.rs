@@ -200,6 +200,7 @@ fn tls_section(t: &TlsFacts) -> schema::Tls {
         upstream_verified: t.upstream_verified,
         client_alpn: t.client_alpn.clone(),
         client_cert_requested: t.client_cert_requested.then_some(true),
+        upstream_error: t.upstream_error.clone().unwrap_or_default(),
     }
 }
 

@@ -72,6 +72,8 @@ pub struct TlsFacts {
     pub upstream_verified: Option<bool>,
     /// The server asked for a client certificate (the connection was then relayed untouched).
     pub client_cert_requested: bool,
+    /// flowtap's TLS with the server failed and the client's was relayed untouched: why.
+    pub upstream_error: Option<String>,
 }
 
 /// The server as the client named it, and the address actually used.

@@ -4,7 +4,7 @@
 pub mod ca;
 pub mod leaf;
 
-use crate::config::ClientCertServers;
+use crate::config::{ClientCertServers, UpstreamTlsErrors};
 use crate::conn::prefixed::Prefixed;
 use crate::conn::{serve_http, HttpProtocol};
 use crate::connect::{authority_string, began_now, record_tunnel_error};
@@ -158,16 +158,26 @@ where
         },
     };
 
-    // A server that asks for a client certificate (mutual TLS) gets the client's own TLS,
-    // untouched, so the client can present its certificate: flowtap has none to present for it.
-    // Possible while the ClientHello is all that was read from the client.
+    // The client's own TLS goes to the server untouched, rather than through flowtap, when the
+    // server asks for a client certificate (mutual TLS: flowtap has none to present for the
+    // client), or when flowtap's own handshake with it failed (a certificate flowtap does not
+    // trust, no version or cipher suite in common): the client then decides, as without the
+    // proxy. Possible while the ClientHello is all that was read from the client.
     let asked = matches!(&upstream, Some(Ok(c)) if c.client_cert_requested);
-    if let (true, Some(hello), ClientCertServers::Relay) =
-        (asked, &replay, shared.config.client_cert_servers)
-    {
+    let tls_error = match &upstream {
+        Some(Err(e)) if e.kind == ErrorKind::UpstreamTls => Some(e.message.clone()),
+        _ => None,
+    };
+    let relay = (asked && shared.config.client_cert_servers == ClientCertServers::Relay)
+        || (tls_error.is_some() && shared.config.upstream_tls_errors == UpstreamTlsErrors::Relay);
+    if let (true, Some(hello)) = (relay, &replay) {
         if start.io.read_only_prefix() {
             drop(upstream);
-            tracing::info!(%host, port, "the server asked for a client certificate: relaying the client's TLS untouched (--client-cert-servers)");
+            if asked {
+                tracing::info!(%host, port, "the server asked for a client certificate: relaying the client's TLS untouched (--client-cert-servers)");
+            } else {
+                tracing::info!(%host, port, error = tls_error.as_deref().unwrap_or_default(), "relaying the client's TLS untouched (--upstream-tls-errors)");
+            }
             let facts = TlsFacts {
                 intercepted: false,
                 sni,
@@ -175,7 +185,8 @@ where
                     .iter()
                     .map(|p| String::from_utf8_lossy(p).into_owned())
                     .collect(),
-                client_cert_requested: true,
+                client_cert_requested: asked,
+                upstream_error: tls_error,
                 ..Default::default()
             };
             let client = Prefixed::new(hello.clone(), start.io.into_inner());
@@ -219,6 +230,7 @@ where
             .and_then(|c| c.tls_version),
         upstream_verified: target.tls.then_some(shared.upstream_tls.verified),
         client_cert_requested: asked,
+        upstream_error: None,
     };
     let stream =
         match tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, start.into_stream(config)).await {

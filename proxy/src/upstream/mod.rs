@@ -517,13 +517,18 @@ pub async fn connect(
                 ))
             }
             Ok(Err(e)) => {
+                let hint = if e.to_string().contains("UnknownIssuer") {
+                    " (signed by a CA flowtap does not trust: give it with --upstream-ca)"
+                } else {
+                    ""
+                };
                 return Err(ConnectError::new(
                     ErrorKind::UpstreamTls,
                     format!(
-                        "TLS handshake with {}:{} failed: {e}",
+                        "TLS handshake with {}:{} failed: {e}{hint}",
                         target.host, target.port
                     ),
-                ))
+                ));
             }
             Ok(Ok(s)) => s,
         };
