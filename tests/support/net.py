@@ -52,3 +52,19 @@ def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
             last = e
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s: {last}")
+
+
+def wait_started(proc, name: str, ports, timeout: float = 10.0) -> None:
+    """Waits until `proc` listens on each of `ports` on 127.0.0.1; RuntimeError if it exits
+    first, TimeoutError if a port stays closed for `timeout` seconds."""
+    for port in ports:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}")
+            try:
+                wait_listening("127.0.0.1", port, timeout=0.2)
+                break
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise

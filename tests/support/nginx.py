@@ -12,11 +12,10 @@ import hashlib
 import os
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .net import free_port, ipv6_loopback, wait_listening
+from .net import free_port, ipv6_loopback, wait_started
 from .pki import Pki
 
 SMALL_BODY = (b"0123456789abcdef" * 63) + b"flowtap-small!!\n"   # exactly 1024 bytes
@@ -235,17 +234,7 @@ def start_nginx(directory: Path, pki: Pki, py_port: int) -> Nginx:
         stderr.close()
         ng = Nginx(directory, http_port, tls_port, bad_port, short_port, proc, files, mtls_port)
         try:
-            for port in (http_port, tls_port, bad_port, short_port, mtls_port):
-                deadline = time.monotonic() + 10
-                while True:
-                    if proc.poll() is not None:
-                        raise RuntimeError("nginx exited")
-                    try:
-                        wait_listening("127.0.0.1", port, timeout=0.2)
-                        break
-                    except TimeoutError:
-                        if time.monotonic() > deadline:
-                            raise
+            wait_started(proc, "nginx", (http_port, tls_port, bad_port, short_port, mtls_port))
             return ng
         except (RuntimeError, TimeoutError) as e:
             ng.stop()

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .net import free_port, wait_listening
+from .net import free_port, wait_started
 
 CONFIG = """\
 Port {port}
@@ -138,17 +138,8 @@ def start_tinyproxy(directory: Path, user: str | None = None, password: str | No
             proc = subprocess.Popen(["tinyproxy", "-d", "-c", str(directory / "tinyproxy.conf")],
                                     stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         tp = Tinyproxy(directory, port, user, password, proc)
-        deadline = time.monotonic() + 10
         try:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"tinyproxy exited with {proc.returncode}")
-                try:
-                    wait_listening("127.0.0.1", port, timeout=0.2)
-                    break
-                except TimeoutError:
-                    if time.monotonic() > deadline:
-                        raise
+            wait_started(proc, "tinyproxy", (port,))
             return tp
         except (RuntimeError, TimeoutError) as e:
             tp.stop()
