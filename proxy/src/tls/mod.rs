@@ -68,8 +68,9 @@ pub struct Plan {
     /// How a plain-text `target` is spoken to (reverse mode).
     pub plain: PlainUpstream,
     /// The client's first bytes (its ClientHello), to relay its TLS untouched after all when the
-    /// server asks for a client certificate (`--client-cert-servers relay`); `None` in reverse
-    /// mode, whose clients end their TLS at flowtap.
+    /// server asks for a client certificate (`--client-cert-servers`) or flowtap's handshake with
+    /// it fails (`--upstream-tls-errors`); `None` in reverse mode, whose clients end their TLS at
+    /// flowtap.
     pub replay: Option<Bytes>,
 }
 
@@ -163,6 +164,10 @@ where
     // client), or when flowtap's own handshake with it failed (a certificate flowtap does not
     // trust, no version or cipher suite in common): the client then decides, as without the
     // proxy. Possible while the ClientHello is all that was read from the client.
+    let client_alpn: Vec<String> = offered
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
     let asked = matches!(&upstream, Some(Ok(c)) if c.client_cert_requested);
     let tls_error = match &upstream {
         Some(Err(e)) if e.kind == ErrorKind::UpstreamTls => Some(e.message.clone()),
@@ -181,20 +186,12 @@ where
             let facts = TlsFacts {
                 intercepted: false,
                 sni,
-                client_alpn: offered
-                    .iter()
-                    .map(|p| String::from_utf8_lossy(p).into_owned())
-                    .collect(),
+                client_alpn,
                 client_cert_requested: asked,
                 upstream_error: tls_error,
                 ..Default::default()
             };
             let client = Prefixed::new(hello.clone(), start.io.into_inner());
-            let target = Target {
-                tls: false,
-                sni: None,
-                ..target
-            };
             crate::tunnel::relay(shared, conn, client, target, Some(Arc::new(facts))).await;
             return;
         }
@@ -216,10 +213,7 @@ where
     let mut facts = TlsFacts {
         intercepted: true,
         sni: sni.clone(),
-        client_alpn: offered
-            .iter()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .collect(),
+        client_alpn,
         alpn: chosen
             .as_ref()
             .map(|p| String::from_utf8_lossy(p).into_owned()),
