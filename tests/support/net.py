@@ -1,8 +1,10 @@
-"""Loopback networking helpers: free ports, waiting for listeners."""
+"""Loopback networking helpers: free ports, waiting for listeners, starting and stopping servers."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import time
 
 
@@ -52,6 +54,17 @@ def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
             last = e
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s: {last}")
+
+
+def stop_process(proc) -> None:
+    """SIGTERM, then SIGKILL after 10 s; nothing when `proc` is None or already gone."""
+    if proc and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_started(proc, name: str, ports, timeout: float = 10.0) -> None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .net import free_port, ipv6_loopback, wait_started
+from .net import free_port, ipv6_loopback, stop_process, wait_started
 from .pki import Pki
 
 SMALL_BODY = (b"0123456789abcdef" * 63) + b"flowtap-small!!\n"   # exactly 1024 bytes
@@ -149,13 +148,7 @@ class Nginx:
         return f"http://{host}:{self.http_port}{path}"
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def error_log(self) -> str:
         p = self.directory / "error.log"

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import base64
 import re
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .net import free_port, wait_started
+from .net import free_port, stop_process, wait_started
 
 CONFIG = """\
 Port {port}
@@ -108,13 +107,7 @@ class Tinyproxy:
 
     # --- lifecycle ----------------------------------------------------------------------------
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def start_tinyproxy(directory: Path, user: str | None = None, password: str | None = None,
