@@ -352,6 +352,71 @@ def test_spans_over_http_protobuf_configured_by_otel_variables(start_proxy, ngin
     assert bad["end"] - bad["start"] == pytest.approx(rec["duration_ms"] * 1e6, abs=1500)
 
 
+@pytest.fixture(scope="module")
+def grpc_server(pki):
+    from support.grpcserver import GrpcServer
+    srv = GrpcServer(pki).start()
+    yield srv
+    srv.stop()
+
+
+def test_grpc_calls_become_rpc_spans(start_proxy, nginx, grpc_server, rotel, reader):
+    """A gRPC call's span follows the RPC conventions: named by its method, with the status
+    code its client got (HTTP says 200 whatever happened), and Error for every code but OK.
+    Each span is checked against what the real grpcio client saw."""
+    import grpc
+    from support.grpcserver import SERVICE, channel, method
+
+    proxy = start_proxy(more_outputs=[f"otlp:{rotel.http_url}", "text:{dir}/flows.txt"])
+    ca = proxy.ca_path.read_bytes()
+    tls = channel(f"localhost:{grpc_server.tls_port}", proxy=proxy.url, ca=ca)
+    plain = channel(f"127.0.0.1:{grpc_server.plain_port}", proxy=proxy.url)
+    # nginx speaks HTTP/2 but not gRPC: a 404 the client turns into UNIMPLEMENTED.
+    no_grpc = channel(f"localhost:{nginx.tls_port}", proxy=proxy.url, ca=ca)
+
+    def call(ch, name, payload):
+        try:
+            ch.unary_unary(method(name))(payload, timeout=10)
+            return "OK", ""
+        except grpc.RpcError as e:
+            return e.code().name, e.details()
+
+    seen = [call(tls, "Unary", b"fine"),           # OK, status in the trailers
+            call(tls, "Unary", b"fail"),           # NOT_FOUND, a trailers-only response
+            call(plain, "Nope", b"x"),             # UNIMPLEMENTED from the server, over h2c
+            call(no_grpc, "Unary", b"x")]          # UNIMPLEMENTED derived from HTTP 404
+    assert [code for code, _ in seen] == ["OK", "NOT_FOUND", "UNIMPLEMENTED", "UNIMPLEMENTED"], seen
+    assert seen[1][1] == "no such thing: fail"
+
+    recs = proxy.records(4)
+    assert [r["request"]["url"].rsplit("/", 1)[1] for r in recs] == ["Unary", "Unary", "Nope", "Unary"]
+    assert [r["response"]["status"] for r in recs] == [200, 200, 200, 404]
+    spans = reader.for_records([r["id"] for r in recs])
+    for rec, (code, details) in zip(recs, seen):
+        span, a = spans[rec["id"]], spans[rec["id"]]["attributes"]
+        full = rec["request"]["url"].split("/", 3)[3]
+        assert span["name"] == full == a["rpc.method"], (span["name"], full)
+        assert a["rpc.system.name"] == "grpc"
+        assert a["rpc.response.status_code"] == code, (a, code)
+        assert a["http.request.method"] == "POST"
+        assert a["http.response.status_code"] == rec["response"]["status"]
+        assert a["url.full"] == rec["request"]["url"]
+        if code == "OK":
+            assert span["status"]["code"] == STATUS_UNSET and "error.type" not in a, span
+        else:
+            assert span["status"]["code"] == STATUS_ERROR, span
+            assert a["error.type"] == code
+    assert spans[recs[1]["id"]]["status"]["message"] == "no such thing: fail"
+    assert spans[recs[0]["id"]]["name"] == f"{SERVICE}/Unary"
+    assert "rpc." not in proxy.records_path.read_text(), "the records themselves are unchanged"
+    # The text view gives each call's status after its HTTP status, the derived one marked.
+    answers = [line for line in (proxy.workdir / "flows.txt").read_text().splitlines()
+               if line.startswith(" << ")]
+    assert [a.split(" grpc ", 1)[1] for a in answers] == [
+        "OK", "NOT_FOUND: no such thing: fail", "UNIMPLEMENTED: Method not found!",
+        "UNIMPLEMENTED (from HTTP 404)"], answers
+
+
 def test_traceparent_sampling_and_the_wire_is_untouched(start_proxy, pyserver, rotel, reader):
     """An unsampled caller gets no span (parent-based sampling); an invalid traceparent is
     ignored (own trace); and the upstream sees exactly the headers the client sent."""

@@ -7,6 +7,7 @@
 pub mod grpc;
 pub mod har;
 pub mod otlp;
+pub mod rpc;
 pub mod text;
 
 use crate::metrics::Metrics;

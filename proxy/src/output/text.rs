@@ -14,7 +14,8 @@
 
 use std::fmt::Write as _;
 
-use flowtap_schema::{Endpoint, Error, Flow, Header, Response};
+use super::rpc;
+use flowtap_schema::{Endpoint, Error, Flow, Header, Request, Response};
 
 /// Appends the text form of one record to `out`. verbose = headers too (mitmdump -v).
 pub fn format(flow: &Flow, verbose: bool, out: &mut String) {
@@ -67,7 +68,7 @@ fn http(flow: &Flow, verbose: bool, out: &mut String) {
             out.push(' ');
             out.push_str(&pretty_ms(ms));
         }
-        grpc_status(response, out);
+        grpc_status(flow.request.as_ref(), response, out);
         out.push('\n');
         if verbose {
             headers(&response.headers, out);
@@ -132,49 +133,26 @@ fn other(flow: &Flow, out: &mut String) {
 }
 
 /// ` grpc CODE[: message]` when the response carries a gRPC status: in its trailers, or in its
-/// headers for a call that failed at once (a trailers-only response).
-fn grpc_status(response: &Response, out: &mut String) {
-    let field = |name: &str| {
-        Header::find(&response.trailers, name).or_else(|| Header::find(&response.headers, name))
-    };
-    let Some(code) = field("grpc-status") else {
+/// headers for a call that failed at once (a trailers-only response); for a gRPC call answered
+/// with another HTTP status, the code its client derived from it (` grpc UNIMPLEMENTED (from
+/// HTTP 404)`).
+fn grpc_status(request: Option<&Request>, response: &Response, out: &mut String) {
+    let Some(status) = rpc::status(response) else {
         return;
     };
-    out.push_str(" grpc ");
-    match code.parse::<usize>().ok().and_then(|c| GRPC_CODES.get(c)) {
-        Some(name) => out.push_str(name),
-        None => push_clean(out, code),
+    if !status.explicit && !request.is_some_and(rpc::is_call) {
+        return;
     }
-    if let Some(message) = field("grpc-message").filter(|m| !m.is_empty()) {
+    out.push_str(" grpc ");
+    push_clean(out, status.code);
+    if let Some(message) = &status.message {
         out.push_str(": ");
-        // Percent-encoded UTF-8 (gRPC over HTTP/2, "Responses"); a bad escape is kept.
-        push_clean(
-            out,
-            &String::from_utf8_lossy(&crate::percent_decode(message.as_bytes())),
-        );
+        push_clean(out, message);
+    }
+    if !status.explicit {
+        let _ = write!(out, " (from HTTP {})", response.status);
     }
 }
-
-/// gRPC status codes by number (grpc/doc/statuscodes.md).
-const GRPC_CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
 
 fn error_line(error: &Error, out: &mut String) {
     out.push_str(" << error ");
@@ -472,6 +450,27 @@ mod tests {
             r.headers = vec![Header::new("grpc-status", "0")];
         }
         assert!(text(&flow, false).ends_with(" 1.4ms grpc OK\n"));
+        // A gRPC call answered without a gRPC status (a 404 from a server that does not speak
+        // gRPC): the code its client derived. Any other request's 404 stays plain HTTP.
+        if let Some(r) = flow.response.as_mut() {
+            r.status = 404;
+            r.reason = "Not Found".into();
+            r.headers = vec![Header::new("content-type", "text/html")];
+        }
+        assert!(
+            text(&flow, false).ends_with(" 404 Not Found 0b 1.4ms\n"),
+            "{}",
+            text(&flow, false)
+        );
+        if let Some(q) = flow.request.as_mut() {
+            q.headers = vec![Header::new("content-type", "application/grpc+proto")];
+        }
+        assert!(
+            text(&flow, false)
+                .ends_with(" 404 Not Found 0b 1.4ms grpc UNIMPLEMENTED (from HTTP 404)\n"),
+            "{}",
+            text(&flow, false)
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One HTTP record -> one OpenTelemetry CLIENT span, following the stable HTTP semantic
-//! conventions. Pure data: no I/O, so the collector can export the same spans from the same
-//! records.
+//! conventions, and for a gRPC call the RPC ones too (its HTTP status says 200 whatever
+//! happened; the gRPC status decides the span's). Pure data: no I/O, so the collector can
+//! export the same spans from the same records.
 //!
 //! Identity. The span id is the last 8 bytes of the record's UUIDv7 id (its random part). A
 //! request that carried a valid W3C `traceparent` joins that trace as a child of the caller's
@@ -16,6 +17,7 @@
 //! exchange began (CONNECT interception dials the upstream during the client's handshake).
 
 use super::config::{HeaderCapture, Sampler};
+use crate::output::rpc;
 use flowtap_schema::{Flow, Header, Timings};
 use opentelemetry::trace::{
     Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
@@ -106,7 +108,13 @@ pub fn to_span(flow: &Flow, s: &SpanSettings) -> Result<SpanData, Skip> {
     let flags = flags.with_sampled(true);
 
     let (method, original) = method(&req.method);
-    let name = if method == "_OTHER" { "HTTP" } else { method };
+    let call = rpc::is_call(req).then(|| rpc::method(&req.url));
+    let name = match call {
+        Some(Ok(rpc_method)) => Cow::Owned(rpc_method.to_string()),
+        Some(Err(_)) => Cow::Borrowed("grpc"),
+        None if method == "_OTHER" => Cow::Borrowed("HTTP"),
+        None => Cow::Borrowed(method),
+    };
     let mut attrs = Vec::with_capacity(24);
     attrs.push(KeyValue::new("http.request.method", method));
     if let Some(orig) = original {
@@ -178,7 +186,28 @@ pub fn to_span(flow: &Flow, s: &SpanSettings) -> Result<SpanData, Skip> {
         ));
     }
 
-    let status = outcome(flow, &mut attrs);
+    let grpc_status = match call {
+        Some(rpc_method) => {
+            attrs.push(KeyValue::new("rpc.system.name", "grpc"));
+            attrs.push(KeyValue::new(
+                "rpc.method",
+                rpc_method.unwrap_or("_OTHER").to_string(),
+            ));
+            if let Err(path) = rpc_method {
+                attrs.push(KeyValue::new("rpc.method_original", path.to_string()));
+            }
+            let status = flow.response.as_ref().and_then(rpc::status);
+            if let Some(st) = &status {
+                attrs.push(KeyValue::new(
+                    "rpc.response.status_code",
+                    st.code.to_string(),
+                ));
+            }
+            status
+        }
+        None => None,
+    };
+    let status = outcome(flow, grpc_status, &mut attrs);
     let mut events = SpanEvents::default();
     events.events = timing_events(flow.timings.as_ref(), start, end);
     if let Some(e) = flow.error.as_ref().filter(|e| e.kind == CALLER_CANCELLED) {
@@ -195,7 +224,7 @@ pub fn to_span(flow: &Flow, s: &SpanSettings) -> Result<SpanData, Skip> {
         parent_span_id,
         parent_span_is_remote: parent.is_some(),
         span_kind: SpanKind::Client,
-        name: Cow::Borrowed(name),
+        name,
         start_time: start,
         end_time: end,
         attributes: attrs,
@@ -208,12 +237,20 @@ pub fn to_span(flow: &Flow, s: &SpanSettings) -> Result<SpanData, Skip> {
 }
 
 /// `error.type` and the span status: Error for a failed exchange and, on a client span, for
-/// a 4xx or 5xx answer; Unset otherwise (and when the caller itself went away).
-fn outcome(flow: &Flow, attrs: &mut Vec<KeyValue>) -> Status {
+/// a 4xx or 5xx answer or a gRPC status other than OK (then `error.type` is the gRPC code and
+/// the description its message); Unset otherwise (and when the caller itself went away).
+fn outcome(flow: &Flow, grpc: Option<rpc::Status>, attrs: &mut Vec<KeyValue>) -> Status {
     let status_code = flow.response.as_ref().map(|r| r.status);
     if let Some(e) = flow.error.as_ref().filter(|e| e.kind != CALLER_CANCELLED) {
         attrs.push(KeyValue::new("error.type", e.kind.clone()));
         return Status::error(e.message.clone());
+    }
+    if let Some(st) = grpc {
+        if st.ok {
+            return Status::Unset;
+        }
+        attrs.push(KeyValue::new("error.type", st.code.to_string()));
+        return Status::error(st.message.map(Cow::into_owned).unwrap_or_default());
     }
     match status_code {
         Some(code) if code >= 400 => {
@@ -583,6 +620,65 @@ mod tests {
         let s = to_span(&f, &settings()).unwrap();
         assert_eq!(s.status, Status::Unset);
         assert!(get(&s, "error.type").is_none());
+    }
+
+    #[test]
+    fn grpc_calls_follow_the_rpc_conventions() {
+        let mut f = flow(vec![Header::new("content-type", "application/grpc")]);
+        f.request.as_mut().unwrap().method = "POST".into();
+        f.request.as_mut().unwrap().url = "https://api.example/pkg.v1.Echo/Say".into();
+        let r = f.response.as_mut().unwrap();
+        r.trailers = vec![
+            Header::new("grpc-status", "14"),
+            Header::new("grpc-message", "backend%20down"),
+        ];
+        let s = to_span(&f, &settings()).unwrap();
+        assert_eq!(s.name, "pkg.v1.Echo/Say");
+        assert_eq!(get(&s, "rpc.system.name"), Some(&Value::from("grpc")));
+        assert_eq!(get(&s, "rpc.method"), Some(&Value::from("pkg.v1.Echo/Say")));
+        assert_eq!(
+            get(&s, "rpc.response.status_code"),
+            Some(&Value::from("UNAVAILABLE"))
+        );
+        assert_eq!(get(&s, "error.type"), Some(&Value::from("UNAVAILABLE")));
+        assert_eq!(s.status, Status::error("backend down"));
+        // The HTTP facts stay: the call went over HTTP/2 and got a 200.
+        assert_eq!(get(&s, "http.response.status_code"), Some(&Value::I64(200)));
+
+        f.response.as_mut().unwrap().trailers = vec![Header::new("grpc-status", "0")];
+        let s = to_span(&f, &settings()).unwrap();
+        assert_eq!(s.status, Status::Unset);
+        assert!(get(&s, "error.type").is_none());
+        assert_eq!(
+            get(&s, "rpc.response.status_code"),
+            Some(&Value::from("OK"))
+        );
+
+        // No gRPC status, a 404: the code the client derives from it.
+        let r = f.response.as_mut().unwrap();
+        r.trailers.clear();
+        r.status = 404;
+        let s = to_span(&f, &settings()).unwrap();
+        assert_eq!(get(&s, "error.type"), Some(&Value::from("UNIMPLEMENTED")));
+        assert!(matches!(s.status, Status::Error { .. }));
+
+        // A path that names no method.
+        f.request.as_mut().unwrap().url = "https://api.example/health".into();
+        let s = to_span(&f, &settings()).unwrap();
+        assert_eq!(s.name, "grpc");
+        assert_eq!(get(&s, "rpc.method"), Some(&Value::from("_OTHER")));
+        assert_eq!(
+            get(&s, "rpc.method_original"),
+            Some(&Value::from("/health"))
+        );
+
+        // Not gRPC: no rpc attributes.
+        let plain = flow(vec![]);
+        let s = to_span(&plain, &settings()).unwrap();
+        assert!(s
+            .attributes
+            .iter()
+            .all(|kv| !kv.key.as_str().starts_with("rpc.")));
     }
 
     #[test]
