@@ -16,6 +16,8 @@ from cryptography import x509
 from support.clients import curl, leaf_via_proxy
 from support.nginx import JSON_BODY, SMALL_BODY
 from support.pki import issued_by, load_cert
+from support.net import free_port, wait_listening
+from support.proxy import run_flowtap
 
 LOOPBACK_IPS = ("127.0.0.1", "::1")
 
@@ -220,6 +222,74 @@ def test_client_certificate_server_intercepted_on_request(start_proxy, nginx, pk
     rec = proxy.record(where=lambda r: r["kind"] == "http")
     assert rec["response"]["status"] == 400
     assert rec["tls"]["intercepted"] is True and rec["tls"]["client_cert_requested"] is True
+
+
+@pytest.mark.parametrize("version", ["--http1.1", "--http2"])
+def test_client_certificate_presented_by_flowtap(start_proxy, nginx, pki, tmp_path, version):
+    """--upstream-client-cert: flowtap presents its own client certificate to servers that ask,
+    so mutual-TLS exchanges are intercepted and recorded like any other; the client needs no
+    certificate of its own. Over HTTP/2 the certificate and key come in one file."""
+    if version == "--http2":
+        both = tmp_path / "client-both.pem"
+        both.write_bytes(pki.client_cert.read_bytes() + pki.client_key.read_bytes())
+        flags = ["--upstream-client-cert", str(both)]
+    else:
+        flags = ["--upstream-client-cert", str(pki.client_cert),
+                 "--upstream-client-key", str(pki.client_key)]
+    proxy = start_proxy(*flags, "--capture-bodies", "text")
+    url = nginx.url("/whoami", host="localhost", mtls=True)
+    r = curl("--proxy", proxy.url, "--cacert", proxy.ca_path, version, url).check()
+    assert r.text.startswith("client ") and "CN=flowtap test client" in r.text, r.text
+    rec = proxy.record()
+    assert rec["kind"] == "http" and rec["request"]["url"] == url
+    assert rec["tls"]["intercepted"] is True and rec["tls"]["client_cert_requested"] is True
+    assert rec["tls"]["alpn"] == ("h2" if version == "--http2" else "http/1.1")
+    assert rec["response"]["status"] == 200
+    assert rec["response"]["body"]["data"] == r.text, "the server's answer is in the record"
+    # Servers that do not ask are not given the certificate, and nothing changes for them.
+    curl("--proxy", proxy.url, "--cacert", proxy.ca_path, "-o", "/dev/null", version,
+         nginx.url("/small", host="localhost", tls=True)).check()
+    rec = proxy.record(where=lambda r: r["request"]["url"].endswith("/small"))
+    assert rec["tls"]["intercepted"] is True and "client_cert_requested" not in rec["tls"]
+    assert rec["response"]["status"] == 200
+
+
+def test_client_certificate_in_reverse_mode(start_proxy, nginx, pki):
+    """In front of a mutual-TLS server (reverse mode, for clients that ignore HTTP_PROXY), the
+    plain-HTTP client gets the server's answer to flowtap's certificate."""
+    port = free_port()
+    proxy = start_proxy("--upstream-client-cert", str(pki.client_cert),
+                        "--upstream-client-key", str(pki.client_key), "--mode", "regular",
+                        "--mode", f"reverse:https://localhost:{nginx.mtls_port}@127.0.0.1:{port}")
+    wait_listening("127.0.0.1", port)
+    r = curl(f"http://127.0.0.1:{port}/whoami").check()
+    assert "CN=flowtap test client" in r.text, r.text
+    rec = proxy.record()
+    assert rec["mode"] == "reverse" and rec["response"]["status"] == 200
+    assert rec["request"]["url"] == f"https://localhost:{nginx.mtls_port}/whoami"
+
+
+def test_client_certificate_flags_are_checked_before_starting(tmp_path, pki):
+    """A certificate flowtap could not present exits 64 naming the flag, before binding."""
+    other_key = tmp_path / "other-key.pem"
+    other_key.write_bytes(pki.server_key.read_bytes())
+    cases = [
+        (["--upstream-client-cert", str(pki.client_cert), "--upstream-client-key", str(other_key)],
+         "--upstream-client-key", "does not belong to the certificate"),
+        (["--upstream-client-cert", str(pki.client_cert)],
+         "--upstream-client-cert", "give the key's file with --upstream-client-key"),
+        (["--upstream-client-cert", str(pki.client_key), "--upstream-client-key", str(pki.client_key)],
+         "--upstream-client-cert", "no PEM certificate"),
+        (["--upstream-client-cert", str(tmp_path / "missing.pem")], "--upstream-client-cert", "missing.pem"),
+        (["--upstream-client-key", str(pki.client_key)], "--upstream-client-key",
+         "given without --upstream-client-cert"),
+    ]
+    for args, flag, words in cases:
+        r = run_flowtap("proxy", "--ca-dir", tmp_path / "ca", "--listen", "127.0.0.1:0", *args, timeout=10)
+        err = r.stderr.decode()
+        assert r.returncode == 64, f"{args}: exit {r.returncode}: {err}"
+        assert flag in err and words in err, f"{args}: {err}"
+        assert pki.client_key.read_text().splitlines()[1] not in err, "the key never reaches a message"
 
 
 def test_intercepted_host_rejected_with_server_ca_only(proxy, nginx, pki):

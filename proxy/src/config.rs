@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use regex::Regex;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where clients reach the proxy when nothing else is said: every interface, the port mitmproxy
@@ -156,10 +157,19 @@ pub struct ProxyArgs {
         value_name = "HOSTS"
     )]
     pub upstream_no_proxy: Vec<String>,
-    /// Servers that ask for a client certificate during TLS (mutual TLS): relay the client's TLS
-    /// untouched, so it presents its own certificate (a tunnel record with
-    /// tls.client_cert_requested), or intercept anyway, presenting none (for servers that ask
-    /// but do not require one, such as the Kubernetes API server).
+    /// PEM certificate (chain) flowtap presents to servers that ask for a client certificate
+    /// (mutual TLS), so their exchanges are intercepted and recorded; the key is in the same file
+    /// or in --upstream-client-key.
+    #[arg(long, env = "FLOWTAP_UPSTREAM_CLIENT_CERT", value_name = "FILE")]
+    pub upstream_client_cert: Option<PathBuf>,
+    /// PEM private key of --upstream-client-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "FLOWTAP_UPSTREAM_CLIENT_KEY", value_name = "FILE")]
+    pub upstream_client_key: Option<PathBuf>,
+    /// Servers that ask for a client certificate during TLS (mutual TLS), when flowtap has none
+    /// of its own (--upstream-client-cert): relay the client's TLS untouched, so it presents its
+    /// own certificate (a tunnel record with tls.client_cert_requested), or intercept anyway,
+    /// presenting none (for servers that ask but do not require one, such as the Kubernetes API
+    /// server).
     #[arg(
         long,
         env = "FLOWTAP_CLIENT_CERT_SERVERS",
@@ -320,6 +330,8 @@ pub struct ProxyConfig {
     pub upstream_ca: Vec<PathBuf>,
     pub insecure_upstream: bool,
     pub upstream_proxy: Option<crate::upstream::via::UpstreamProxy>,
+    /// `--upstream-client-cert` with its key, loaded and checked.
+    pub upstream_client_cert: Option<Arc<rustls::sign::CertifiedKey>>,
     pub client_cert_servers: ClientCertServers,
     pub upstream_tls_errors: UpstreamTlsErrors,
     pub ignore_hosts: Vec<Regex>,
@@ -439,6 +451,25 @@ impl ProxyConfig {
             .map(|u| crate::upstream::via::UpstreamProxy::parse(u, no_proxy))
             .transpose()
             .map_err(|m| bad("--upstream-proxy", m))?;
+        let upstream_client_cert = match (&a.upstream_client_cert, &a.upstream_client_key) {
+            (Some(cert), key) => Some(
+                crate::upstream::client_cert::load(cert, key.as_deref()).map_err(|(flag, m)| {
+                    match flag {
+                        crate::upstream::client_cert::Flag::Cert => {
+                            bad("--upstream-client-cert", m)
+                        }
+                        crate::upstream::client_cert::Flag::Key => bad("--upstream-client-key", m),
+                    }
+                })?,
+            ),
+            (None, Some(_)) => {
+                return Err(bad(
+                    "--upstream-client-key",
+                    "given without --upstream-client-cert",
+                ))
+            }
+            (None, None) => None,
+        };
         let body_limit = parse_size(&a.body_limit).map_err(|m| bad("--body-limit", m))?;
         let stdout_line_limit =
             parse_size(&a.stdout_line_limit).map_err(|m| bad("--stdout-line-limit", m))?;
@@ -465,6 +496,7 @@ impl ProxyConfig {
             upstream_ca: a.upstream_ca,
             insecure_upstream: a.insecure_upstream,
             upstream_proxy,
+            upstream_client_cert,
             client_cert_servers: a.client_cert_servers,
             upstream_tls_errors: a.upstream_tls_errors,
             ignore_hosts,

@@ -122,8 +122,12 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     }
     let metrics = Arc::new(Metrics::default());
     let ca = Arc::new(CertificateAuthority::load_or_create(&config.ca_dir)?);
-    let upstream_tls =
-        UpstreamTls::new(&config.upstream_ca, config.insecure_upstream).map_err(SetupError)?;
+    let upstream_tls = UpstreamTls::new(
+        &config.upstream_ca,
+        config.insecure_upstream,
+        config.upstream_client_cert.clone(),
+    )
+    .map_err(SetupError)?;
     let queue = match config.capture {
         CaptureMode::None => QUEUE_RECORDS,
         _ => (QUEUE_CAPTURE_BYTES / (2 * config.body_limit.max(1))).clamp(64, QUEUE_RECORDS),

@@ -109,8 +109,10 @@ pub struct Tls {
     #[prost(string, repeated, tag = "7")]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub client_alpn: Vec<String>,
-    /// The server asked for a client certificate, which flowtap cannot present for the client,
-    /// so the connection was relayed untouched (`intercepted: false`).
+    /// The server asked for a client certificate. Without `--upstream-client-cert` flowtap has
+    /// none to present for the client, so the connection was relayed untouched (`intercepted:
+    /// false`; or intercepted anyway with `--client-cert-servers intercept`); with it, flowtap
+    /// presented that certificate and intercepted.
     #[prost(bool, optional, tag = "8")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert_requested: Option<bool>,

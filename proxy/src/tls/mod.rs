@@ -160,10 +160,10 @@ where
     };
 
     // The client's own TLS goes to the server untouched, rather than through flowtap, when the
-    // server asks for a client certificate (mutual TLS: flowtap has none to present for the
-    // client), or when flowtap's own handshake with it failed (a certificate flowtap does not
-    // trust, no version or cipher suite in common): the client then decides, as without the
-    // proxy. Possible while the ClientHello is all that was read from the client.
+    // server asks for a client certificate (mutual TLS) and flowtap has none to present
+    // (--upstream-client-cert), or when flowtap's own handshake with it failed (a certificate
+    // flowtap does not trust, no version or cipher suite in common): the client then decides, as
+    // without the proxy. Possible while the ClientHello is all that was read from the client.
     let client_alpn: Vec<String> = offered
         .iter()
         .map(|p| String::from_utf8_lossy(p).into_owned())
@@ -173,7 +173,9 @@ where
         Some(Err(e)) if e.kind == ErrorKind::UpstreamTls => Some(e.message.clone()),
         _ => None,
     };
-    let relay = (asked && shared.config.client_cert_servers == ClientCertServers::Relay)
+    let relay = (asked
+        && !shared.upstream_tls.has_client_cert()
+        && shared.config.client_cert_servers == ClientCertServers::Relay)
         || (tls_error.is_some() && shared.config.upstream_tls_errors == UpstreamTlsErrors::Relay);
     if let (true, Some(hello)) = (relay, &replay) {
         if start.io.read_only_prefix() {

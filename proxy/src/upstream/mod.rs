@@ -1,6 +1,7 @@
 //! Connections to origin servers: DNS, TCP, TLS (verified against the system roots plus
 //! `--upstream-ca`), then a hyper HTTP/1.1 or HTTP/2 client connection chosen by ALPN.
 
+pub mod client_cert;
 pub mod pool;
 pub mod tracked;
 pub mod via;
@@ -166,7 +167,8 @@ pub struct Connection {
     /// The ALPN protocols offered when it was opened (what `alpn` was chosen from).
     pub offered: Vec<Vec<u8>>,
     pub tls_version: Option<&'static str>,
-    /// The server asked for a client certificate during the TLS handshake (flowtap sent none).
+    /// The server asked for a client certificate during the TLS handshake (flowtap presented
+    /// `--upstream-client-cert` if it was given, none otherwise).
     pub client_cert_requested: bool,
 }
 
@@ -203,11 +205,18 @@ pub struct UpstreamTls {
     base: Arc<ClientConfig>,
     by_alpn: Mutex<HashMap<Vec<Vec<u8>>, Arc<ClientConfig>>>,
     pub verified: bool,
+    /// `--upstream-client-cert`: presented to every server that asks for a certificate.
+    client_cert: Option<Arc<rustls::sign::CertifiedKey>>,
 }
 
 impl UpstreamTls {
     /// System roots plus each PEM bundle in `extra`; or no verification at all when `insecure`.
-    pub fn new(extra: &[PathBuf], insecure: bool) -> Result<Self, String> {
+    /// `client_cert` is presented to servers that ask for one.
+    pub fn new(
+        extra: &[PathBuf],
+        insecure: bool,
+        client_cert: Option<Arc<rustls::sign::CertifiedKey>>,
+    ) -> Result<Self, String> {
         let provider = Arc::new(crate::tls::crypto_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -248,7 +257,13 @@ impl UpstreamTls {
             base: Arc::new(config),
             by_alpn: Mutex::new(HashMap::new()),
             verified: !insecure,
+            client_cert,
         })
+    }
+
+    /// Whether flowtap has a certificate of its own for servers that ask for one.
+    pub fn has_client_cert(&self) -> bool {
+        self.client_cert.is_some()
     }
 
     fn config(&self, alpn: &[Vec<u8>]) -> Arc<ClientConfig> {
@@ -265,22 +280,29 @@ impl UpstreamTls {
     }
 
     /// The settings for one new connection, with a flag raised if its server asks for a client
-    /// certificate (rustls asks the resolver only then; it answers none, as before). A copy per
-    /// connection is a few hundred nanoseconds against a handshake's milliseconds.
+    /// certificate (rustls asks the resolver only then; it answers with `--upstream-client-cert`
+    /// or none). A copy per connection is a few hundred nanoseconds against a handshake's
+    /// milliseconds.
     fn config_watching_client_auth(
         &self,
         alpn: &[Vec<u8>],
     ) -> (Arc<ClientConfig>, Arc<AtomicBool>) {
         let asked = Arc::new(AtomicBool::new(false));
         let mut c = (*self.config(alpn)).clone();
-        c.client_auth_cert_resolver = Arc::new(ClientCertAsked(asked.clone()));
+        c.client_auth_cert_resolver = Arc::new(ClientCertAsked {
+            asked: asked.clone(),
+            cert: self.client_cert.clone(),
+        });
         (Arc::new(c), asked)
     }
 }
 
-/// Raises its flag when the server requests a client certificate; presents none.
+/// Raises its flag when the server requests a client certificate; presents `cert`, if any.
 #[derive(Debug)]
-struct ClientCertAsked(Arc<AtomicBool>);
+struct ClientCertAsked {
+    asked: Arc<AtomicBool>,
+    cert: Option<Arc<rustls::sign::CertifiedKey>>,
+}
 
 impl rustls::client::ResolvesClientCert for ClientCertAsked {
     fn resolve(
@@ -288,12 +310,12 @@ impl rustls::client::ResolvesClientCert for ClientCertAsked {
         _: &[&[u8]],
         _: &[SignatureScheme],
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        self.0.store(true, Ordering::Relaxed);
-        None
+        self.asked.store(true, Ordering::Relaxed);
+        self.cert.clone()
     }
 
     fn has_certs(&self) -> bool {
-        false
+        self.cert.is_some()
     }
 }
 
