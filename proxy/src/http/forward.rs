@@ -332,6 +332,7 @@ async fn forward(
 
     let timeout = shared.config.response_timeout;
     let mut checkout = session.checkout(&target, upstream_h2).await;
+    let mut replay = None;
     let (conn, sent) = loop {
         let (mut conn, kept) = match checkout {
             Ok(c) => c,
@@ -350,13 +351,19 @@ async fn forward(
             pq.clone(),
             upgrade,
         );
+        // On a kept HTTP/2 connection the server may refuse the stream unprocessed (it is going
+        // away): keep what of the body goes out, to send it again.
+        if kept && !bodiless && !upgrade && conn.sender.is_h2() {
+            replay = Some(body.keep_for_replay());
+        }
         let request = hyper::Request::from_parts(parts, body);
         let mut sent = send(&mut conn, request, timeout, &slot).await;
 
         // A kept connection the server had closed (an idle keep-alive connection it timed out
         // just as this request went out, say) fails a request it never answered. Like browsers
         // and HTTP client libraries, send it once more on a new connection: when it never left,
-        // or when it has no body and a method that may be repeated (RFC 9110, 9.2.2).
+        // when it has no body and a method that may be repeated (RFC 9110, 9.2.2), or when an
+        // HTTP/2 server refused it unprocessed (RFC 9113, 8.7), with its body sent again.
         if let Sent::Failed(e, unsent) = &mut sent {
             if kept && !upgrade && closed_unanswered(e) {
                 let again = match unsent.take() {
@@ -366,6 +373,12 @@ async fn forward(
                         BodyFacts::new(capture()),
                         slot.clone(),
                     )),
+                    None if upstream::refused_unprocessed(e) => match replay.take() {
+                        Some(rx) => reclaim(rx, &slot).await.map(|body| {
+                            RequestTap::new(body, BodyFacts::new(capture()), slot.clone())
+                        }),
+                        None => None,
+                    },
                     None => None,
                 };
                 if let Some((b, p)) = again.and_then(|b| Some((b, client_head(&x.request)?))) {
@@ -382,10 +395,21 @@ async fn forward(
         }
         break (conn, sent);
     };
+    // What was kept for sending the body again is not needed any more.
+    drop(replay);
     let mut resp = match sent {
         Sent::Response(r) => r,
         Sent::Failed(e, _) => {
-            let (kind, msg) = classify_send_error(&slot, &e);
+            let (mut kind, mut msg) = classify_send_error(&slot, &e);
+            // Dropped unanswered by an HTTP/2 connection that ended: say why it ended, when
+            // the server broke HTTP/2 (an h2c request to a server that only speaks HTTP/1.1).
+            if let (ErrorKind::UpstreamClosed, Sender::H2(_, end)) = (kind, &conn.sender) {
+                if e.is_canceled() {
+                    if let Some(why) = upstream::h2_broke(end).await {
+                        (kind, msg) = (ErrorKind::Protocol, format!("upstream: {why}"));
+                    }
+                }
+            }
             return fail(&session, x.take(), kind, msg);
         }
         Sent::TimedOut => {
@@ -527,6 +551,30 @@ enum Sent {
 /// Sends `req` on `conn` and waits for the response head: at most `timeout` from the end of the
 /// request body (`slot`), so a long upload to a server that answers when it has it all is never
 /// cut, while a server that sits on a complete request is.
+/// How long a refused request waits for the HTTP client to let go of its body (it does as soon
+/// as it sees the refusal); a bound, so that a request never hangs on it.
+const RECLAIM_WAIT: Duration = Duration::from_secs(1);
+
+/// The body of a request an HTTP/2 server refused unprocessed, for sending it again: what went
+/// out the first time, then the rest of the client's stream. `None` when the body outgrew
+/// [`crate::record::tap::REPLAY_LIMIT`]. The request's body facts start again (the new tap
+/// counts the whole body).
+async fn reclaim(
+    rx: tokio::sync::oneshot::Receiver<crate::record::tap::Reclaimed<ClientBody>>,
+    slot: &RequestBodySlot,
+) -> Option<ClientBody> {
+    let (frames, rest) = tokio::time::timeout(RECLAIM_WAIT, rx).await.ok()?.ok()?;
+    let rest = match rest {
+        ClientBody::Stream(b) => Some(b),
+        _ => None,
+    };
+    if let Ok(mut f) = slot.facts.lock() {
+        *f = None;
+    }
+    slot.bytes.store(0, std::sync::atomic::Ordering::Relaxed);
+    Some(ClientBody::Replay(frames.into(), rest))
+}
+
 async fn send(
     conn: &mut Connection,
     req: hyper::Request<ReqBody>,
@@ -541,7 +589,7 @@ async fn send(
                 }
                 s.try_send_request(req).await
             }
-            Sender::H2(s) => s.try_send_request(req).await,
+            Sender::H2(s, _) => s.try_send_request(req).await,
         };
         r.map_err(|mut e| {
             let unsent = e.take_message().map(Box::new);

@@ -76,19 +76,71 @@ impl Drop for Waiting<'_> {
     }
 }
 
-pub struct RequestTap<B> {
+/// Bytes of a request body kept for sending it again ([`RequestTap::keep_for_replay`]): gRPC
+/// calls and API writes fit; a larger upload is not kept, and is not sent again.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// What a dropped [`RequestTap`] hands back for sending the request again: the frames it passed
+/// on, and the body with the rest of the client's stream.
+pub type Reclaimed<B> = (Vec<Frame<Bytes>>, B);
+
+/// The frames passed on so far, while they stay within [`REPLAY_LIMIT`].
+struct Keep<B> {
+    frames: Vec<Frame<Bytes>>,
+    bytes: usize,
+    tx: tokio::sync::oneshot::Sender<Reclaimed<B>>,
+}
+
+pub struct RequestTap<B: Default> {
     inner: B,
     facts: Option<BodyFacts>,
     slot: Arc<RequestBodySlot>,
+    keep: Option<Box<Keep<B>>>,
 }
 
-impl<B> RequestTap<B> {
+impl<B: Default> RequestTap<B> {
     pub fn new(inner: B, facts: BodyFacts, slot: Arc<RequestBodySlot>) -> Self {
         RequestTap {
             inner,
             facts: Some(facts),
             slot,
+            keep: None,
         }
+    }
+
+    /// From now on, keep (a reference to) each frame passed on, up to [`REPLAY_LIMIT`] bytes;
+    /// when the tap is dropped (by the HTTP client, done with it or failed), the frames and
+    /// the body's unread rest arrive on the returned receiver. Nothing arrives if the body
+    /// outgrew the limit.
+    pub fn keep_for_replay(&mut self) -> tokio::sync::oneshot::Receiver<Reclaimed<B>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.keep = Some(Box::new(Keep {
+            frames: Vec::new(),
+            bytes: 0,
+            tx,
+        }));
+        rx
+    }
+
+    fn kept(&mut self, frame: &Frame<Bytes>) {
+        let Some(k) = self.keep.as_mut() else { return };
+        let copy = match (frame.data_ref(), frame.trailers_ref()) {
+            // The exchange got its answer: nothing will be sent again.
+            _ if k.tx.is_closed() => {
+                self.keep = None;
+                return;
+            }
+            (Some(d), _) if k.bytes + d.len() <= REPLAY_LIMIT => {
+                k.bytes += d.len();
+                Frame::data(d.clone())
+            }
+            (None, Some(t)) => Frame::trailers(t.clone()),
+            _ => {
+                self.keep = None;
+                return;
+            }
+        };
+        k.frames.push(copy);
     }
 
     fn hand_over(&mut self, error: Option<String>) {
@@ -104,7 +156,7 @@ impl<B> RequestTap<B> {
 
 impl<B> Body for RequestTap<B>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Unpin + Default,
     B::Error: std::error::Error + 'static,
 {
     type Data = Bytes;
@@ -121,6 +173,9 @@ where
                 if let Some(f) = this.facts.as_mut() {
                     let n = f.note(frame);
                     this.slot.bytes.fetch_add(n as u64, Relaxed);
+                }
+                if this.keep.is_some() {
+                    this.kept(frame);
                 }
                 // Trailers are always the last frame.
                 if frame.is_trailers() || this.inner.is_end_stream() {
@@ -145,9 +200,13 @@ where
     }
 }
 
-impl<B> Drop for RequestTap<B> {
+impl<B: Default> Drop for RequestTap<B> {
     fn drop(&mut self) {
         self.hand_over(None);
+        if let Some(k) = self.keep.take() {
+            // The receiver may be gone (the exchange got its answer): then nothing is kept.
+            let _ = k.tx.send((k.frames, std::mem::take(&mut self.inner)));
+        }
     }
 }
 
@@ -291,5 +350,97 @@ impl<B> Drop for ResponseTap<B> {
             });
             self.finish(err);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::capture::Capture;
+    use crate::upstream::ClientBody;
+    use http_body_util::BodyExt;
+
+    fn facts() -> BodyFacts {
+        BodyFacts::new(Capture::new(crate::record::capture::CaptureMode::None, 0))
+    }
+
+    fn replay_of(chunks: &[&'static [u8]], trailers: bool) -> ClientBody {
+        let mut frames: std::collections::VecDeque<Frame<Bytes>> = chunks
+            .iter()
+            .map(|c| Frame::data(Bytes::from_static(c)))
+            .collect();
+        if trailers {
+            let mut t = http::HeaderMap::new();
+            t.insert("grpc-status", http::HeaderValue::from_static("0"));
+            frames.push_back(Frame::trailers(t));
+        }
+        ClientBody::Replay(frames, None)
+    }
+
+    async fn drain(tap: &mut RequestTap<ClientBody>) -> (Vec<u8>, bool) {
+        let (mut data, mut trailers) = (Vec::new(), false);
+        while let Some(frame) = tap.frame().await {
+            let frame = frame.unwrap();
+            if let Some(d) = frame.data_ref() {
+                data.extend_from_slice(d);
+            }
+            trailers |= frame.is_trailers();
+        }
+        (data, trailers)
+    }
+
+    #[tokio::test]
+    async fn a_dropped_tap_hands_back_what_it_passed_on() {
+        let slot = Arc::new(RequestBodySlot::default());
+        let mut tap = RequestTap::new(replay_of(&[b"ab", b"cd"], true), facts(), slot.clone());
+        let rx = tap.keep_for_replay();
+        assert_eq!(drain(&mut tap).await, (b"abcd".to_vec(), true));
+        drop(tap);
+        let (frames, rest) = rx.await.expect("kept");
+        assert!(matches!(rest, ClientBody::Replay(ref f, None) if f.is_empty()));
+        // Sent again, the body is the same, frame for frame, trailers last.
+        let mut again = RequestTap::new(ClientBody::Replay(frames.into(), None), facts(), slot);
+        assert!(!again.is_end_stream());
+        assert_eq!(again.size_hint().exact(), Some(4));
+        assert_eq!(drain(&mut again).await, (b"abcd".to_vec(), true));
+        assert!(again.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn the_unread_rest_comes_back_with_the_tap() {
+        let slot = Arc::new(RequestBodySlot::default());
+        let mut tap = RequestTap::new(replay_of(&[b"one", b"two"], false), facts(), slot);
+        let rx = tap.keep_for_replay();
+        let first = tap.frame().await.unwrap().unwrap();
+        assert_eq!(first.data_ref().map(|d| &d[..]), Some(&b"one"[..]));
+        drop(tap); // the HTTP client let go after the first frame: the server refused the stream
+        let (frames, rest) = rx.await.expect("kept");
+        assert_eq!(frames.len(), 1);
+        let ClientBody::Replay(unread, None) = rest else {
+            panic!("the inner body comes back")
+        };
+        assert_eq!(unread.len(), 1, "`two` was never read");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_not_kept() {
+        static BIG: [u8; REPLAY_LIMIT] = [7; REPLAY_LIMIT];
+        let slot = Arc::new(RequestBodySlot::default());
+        let mut tap = RequestTap::new(replay_of(&[b"x", &BIG], false), facts(), slot);
+        let rx = tap.keep_for_replay();
+        assert_eq!(drain(&mut tap).await.0.len(), REPLAY_LIMIT + 1);
+        drop(tap);
+        assert!(rx.await.is_err(), "nothing to send again");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_kept_once_the_answer_came() {
+        let slot = Arc::new(RequestBodySlot::default());
+        let mut tap = RequestTap::new(replay_of(&[b"a", b"b"], false), facts(), slot);
+        let rx = tap.keep_for_replay();
+        tap.frame().await.unwrap().unwrap();
+        drop(rx); // the response head arrived
+        tap.frame().await.unwrap().unwrap();
+        assert!(tap.keep.is_none(), "the kept frames are let go");
     }
 }

@@ -8,7 +8,9 @@ pub mod via;
 
 use crate::record::tap::RequestTap;
 use crate::record::ConnectTimings;
+use bytes::Bytes;
 use flowtap_schema::ErrorKind;
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -16,7 +18,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,23 +31,33 @@ use tokio_rustls::TlsConnector;
 pub type ReqBody = RequestTap<ClientBody>;
 
 /// A client's request body as it goes upstream: the client's own stream, or nothing (a request
-/// without a body, sent again on a new connection after the first one closed unanswered).
+/// without a body, sent again on a new connection after the first one closed unanswered), or
+/// a body sent again after an HTTP/2 server refused it unprocessed: the frames that went out
+/// the first time, then the rest of the client's stream.
+#[derive(Default)]
 pub enum ClientBody {
     Stream(Incoming),
+    #[default]
     Empty,
+    Replay(VecDeque<Frame<Bytes>>, Option<Incoming>),
 }
 
 impl hyper::body::Body for ClientBody {
-    type Data = bytes::Bytes;
+    type Data = Bytes;
     type Error = hyper::Error;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ClientBody::Stream(b) => std::pin::Pin::new(b).poll_frame(cx),
             ClientBody::Empty => std::task::Poll::Ready(None),
+            ClientBody::Replay(sent, rest) => match (sent.pop_front(), rest) {
+                (Some(frame), _) => std::task::Poll::Ready(Some(Ok(frame))),
+                (None, Some(b)) => std::pin::Pin::new(b).poll_frame(cx),
+                (None, None) => std::task::Poll::Ready(None),
+            },
         }
     }
 
@@ -53,6 +65,9 @@ impl hyper::body::Body for ClientBody {
         match self {
             ClientBody::Stream(b) => b.is_end_stream(),
             ClientBody::Empty => true,
+            ClientBody::Replay(sent, rest) => {
+                sent.is_empty() && rest.as_ref().is_none_or(|b| b.is_end_stream())
+            }
         }
     }
 
@@ -60,8 +75,41 @@ impl hyper::body::Body for ClientBody {
         match self {
             ClientBody::Stream(b) => b.size_hint(),
             ClientBody::Empty => hyper::body::SizeHint::with_exact(0),
+            ClientBody::Replay(sent, rest) => {
+                let kept: u64 = sent
+                    .iter()
+                    .filter_map(|f| f.data_ref())
+                    .map(|d| d.len() as u64)
+                    .sum();
+                let mut hint = hyper::body::SizeHint::new();
+                match rest {
+                    Some(b) => {
+                        let r = b.size_hint();
+                        hint.set_lower(kept + r.lower());
+                        if let Some(upper) = r.upper() {
+                            hint.set_upper(kept + upper);
+                        }
+                    }
+                    None => hint.set_exact(kept),
+                }
+                hint
+            }
         }
     }
+}
+
+/// Whether an HTTP/2 server refused the request's stream without processing it, so that it may
+/// be sent again whatever its method (RFC 9113, 8.7): it reset the stream with REFUSED_STREAM,
+/// or a graceful GOAWAY named a last stream below it. (A GOAWAY with an error code also ends
+/// streams the server may have processed, so it does not count.)
+pub fn refused_unprocessed(e: &hyper::Error) -> bool {
+    crate::causes(e)
+        .find_map(|c| c.downcast_ref::<h2::Error>())
+        .is_some_and(|h| {
+            h.is_remote()
+                && (h.reason() == Some(h2::Reason::REFUSED_STREAM)
+                    || (h.is_go_away() && h.reason() == Some(h2::Reason::NO_ERROR)))
+        })
 }
 
 /// Whether a request that failed on a kept connection before any response met a connection
@@ -138,18 +186,37 @@ impl ConnectError {
 /// A client connection to one origin.
 pub enum Sender {
     H1(http1::SendRequest<ReqBody>),
-    H2(http2::SendRequest<ReqBody>),
+    H2(http2::SendRequest<ReqBody>, H2End),
+}
+
+/// How an HTTP/2 connection's task ended, once it has: `Some(message)` when the server broke
+/// HTTP/2 as the proxy reads it ([`broke_h2`]). A request the ending connection dropped
+/// unanswered gets only "connection closed" from hyper; this says why.
+pub type H2End = tokio::sync::watch::Receiver<Option<Option<Arc<str>>>>;
+
+/// How long a request the connection dropped waits to learn why it ended (its task says so as
+/// it finishes, right after dropping the request).
+const H2_END_WAIT: Duration = Duration::from_millis(200);
+
+/// Why the HTTP/2 connection behind `end` broke HTTP/2, if it did.
+pub async fn h2_broke(end: &H2End) -> Option<Arc<str>> {
+    let mut end = end.clone();
+    let why = match tokio::time::timeout(H2_END_WAIT, end.wait_for(Option::is_some)).await {
+        Ok(Ok(seen)) => seen.clone().flatten(),
+        _ => None,
+    };
+    why
 }
 
 impl Sender {
     pub fn is_h2(&self) -> bool {
-        matches!(self, Sender::H2(_))
+        matches!(self, Sender::H2(..))
     }
 
     pub fn is_closed(&self) -> bool {
         match self {
             Sender::H1(s) => s.is_closed(),
-            Sender::H2(s) => s.is_closed(),
+            Sender::H2(s, _) => s.is_closed(),
         }
     }
 }
@@ -177,8 +244,8 @@ impl Connection {
     /// `None` for HTTP/1.1, which serves one exchange at a time.
     pub fn share(&mut self) -> Option<Connection> {
         match &self.sender {
-            Sender::H2(s) => Some(Connection {
-                sender: Sender::H2(s.clone()),
+            Sender::H2(s, end) => Some(Connection {
+                sender: Sender::H2(s.clone(), end.clone()),
                 ip: self.ip,
                 absolute: self.absolute,
                 timings: self.timings.take(),
@@ -609,12 +676,18 @@ where
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| ConnectError::new(ErrorKind::UpstreamClosed, format!("HTTP/2 setup: {e}")))?;
+    let (ended, end) = tokio::sync::watch::channel(None);
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-        }
+        let broke = match conn.await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                broke_h2(&e).map(|_| Arc::from(crate::error_chain(&e)))
+            }
+        };
+        let _ = ended.send(Some(broke));
     });
-    Ok(Sender::H2(sender))
+    Ok(Sender::H2(sender, end))
 }
 
 /// Read buffer of an upstream HTTP/1.1 connection: bounds the response head (exactly, on HTTP/1.1

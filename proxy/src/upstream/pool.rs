@@ -48,7 +48,7 @@ impl Pool {
             .retain(|(since, c)| !c.sender.is_closed() && now.duration_since(*since) < IDLE_TTL);
         let ready = entry.idle.iter().rposition(|(_, c)| match &c.sender {
             Sender::H1(s) => s.is_ready(),
-            Sender::H2(_) => false,
+            Sender::H2(..) => false,
         })?;
         Some(entry.idle.swap_remove(ready).1)
     }
@@ -92,7 +92,7 @@ impl Pool {
         }
         let entry = map.entry(target).or_default();
         match c.sender {
-            Sender::H2(_) => entry.shared = Some(c),
+            Sender::H2(..) => entry.shared = Some(c),
             Sender::H1(_) => {
                 if entry.idle.len() < MAX_IDLE_PER_TARGET {
                     entry.idle.push((Instant::now(), c));
