@@ -548,9 +548,6 @@ enum Sent {
     TimedOut,
 }
 
-/// Sends `req` on `conn` and waits for the response head: at most `timeout` from the end of the
-/// request body (`slot`), so a long upload to a server that answers when it has it all is never
-/// cut, while a server that sits on a complete request is.
 /// How long a refused request waits for the HTTP client to let go of its body (it does as soon
 /// as it sees the refusal); a bound, so that a request never hangs on it.
 const RECLAIM_WAIT: Duration = Duration::from_secs(1);
@@ -575,6 +572,9 @@ async fn reclaim(
     Some(ClientBody::Replay(frames.into(), rest))
 }
 
+/// Sends `req` on `conn` and waits for the response head: at most `timeout` from the end of the
+/// request body (`slot`), so a long upload to a server that answers when it has it all is never
+/// cut, while a server that sits on a complete request is.
 async fn send(
     conn: &mut Connection,
     req: hyper::Request<ReqBody>,
