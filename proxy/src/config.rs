@@ -453,14 +453,8 @@ impl ProxyConfig {
             .map_err(|m| bad("--upstream-proxy", m))?;
         let upstream_client_cert = match (&a.upstream_client_cert, &a.upstream_client_key) {
             (Some(cert), key) => Some(
-                crate::upstream::client_cert::load(cert, key.as_deref()).map_err(|(flag, m)| {
-                    match flag {
-                        crate::upstream::client_cert::Flag::Cert => {
-                            bad("--upstream-client-cert", m)
-                        }
-                        crate::upstream::client_cert::Flag::Key => bad("--upstream-client-key", m),
-                    }
-                })?,
+                crate::upstream::client_cert::load(cert, key.as_deref())
+                    .map_err(|(flag, m)| bad(flag.name(), m))?,
             ),
             (None, Some(_)) => {
                 return Err(bad(

@@ -15,6 +15,16 @@ pub enum Flag {
     Key,
 }
 
+impl Flag {
+    /// The command-line flag, as error messages name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Flag::Cert => "--upstream-client-cert",
+            Flag::Key => "--upstream-client-key",
+        }
+    }
+}
+
 /// The certificate chain in `cert` and the private key in `key` (or, without `key`, the key in
 /// the same file as the certificates), checked to belong together.
 pub fn load(cert: &Path, key: Option<&Path>) -> Result<Arc<CertifiedKey>, (Flag, String)> {
