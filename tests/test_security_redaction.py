@@ -168,7 +168,8 @@ def test_sigv4_boto3_keeps_key_id_region_service_drops_signature(start_proxy, s3
     assert f"X-Amz-Credential={AKID}%2F" in url and f"%2F{REGION}%2Fs3%2Faws4_request" in url, url
     assert pre["redacted"] == ["request.url"], pre
     # The rest of the URL is byte-identical to what the client sent.
-    assert url.replace(url_fp(query_sig), query_sig) == presigned.replace(":443", "")
+    # (Only a default port is dropped: the server's own port may begin with 443, as 44313 did.)
+    assert url.replace(url_fp(query_sig), query_sig) == presigned.replace(":443/", "/", 1)
     stopped(p)
     assert_nowhere(p, SECRET_KEY, query_sig, *signatures, min_files=5)
 
